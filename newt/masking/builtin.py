@@ -1,0 +1,120 @@
+"""Built-in turn markers of the chat-template families newt knows, as text.
+
+Markers are text so one entry serves every tokenizer of a family; `boundaries.py` encodes them
+with the tokenizer at hand. Each entry is checked by a test that renders the family's real (or
+faithfully reproduced) template and asserts the exact supervised token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EOS = "eos_token"  # marker text that stands for the tokenizer's EOS token
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    """A turn kind as text; `end=None` means the turn runs to the end of the row."""
+
+    role: str
+    start: str
+    end: str | None = EOS
+    include_start: bool = False
+    include_end: bool = True
+    # Built-ins only: skip this marker when `start` is not one token of the vocabulary (Mistral's
+    # V7 `[SYSTEM_PROMPT]` exists only in v7/tekken; v1/v3 fold the system prompt into a user turn).
+    requires_token: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    # Text that must all appear in the chat template (or, with no template, be tokens of the vocab).
+    signature: tuple[str, ...]
+    markers: tuple[MarkerSpec, ...]
+    source: str
+
+
+def _headers(fmt: str, end: str, roles: tuple[str, ...], rename: dict[str, str] | None = None):
+    rename = rename or {}
+    return tuple(MarkerSpec(rename.get(r, r), fmt.format(role=r), end) for r in roles)
+
+
+# Detection order matters: a template is matched by the first family whose signature it contains.
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "llama4",
+        ("<|header_start|>", "<|header_end|>", "<|eot|>"),
+        _headers("<|header_start|>{role}<|header_end|>\n\n", "<|eot|>", ("system", "user", "assistant", "ipython", "tool")),
+        "Llama 4 prompt format, llama.com/docs/model-cards-and-prompt-formats/llama4 (Llama 4 Community Licence)",
+    ),
+    Family(
+        "llama3",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        _headers(
+            "<|start_header_id|>{role}<|end_header_id|>\n\n",
+            "<|eot_id|>",
+            ("system", "user", "assistant", "ipython", "tool"),
+        ),
+        "Llama 3/3.1/3.2 prompt formats, llama.com/docs/model-cards-and-prompt-formats (Llama 3.x Community Licence); "
+        "TRL's llama3*.jinja (Apache-2.0)",
+    ),
+    Family(
+        "chatml",
+        ("<|im_start|>", "<|im_end|>"),
+        _headers("<|im_start|>{role}\n", "<|im_end|>", ("system", "user", "assistant", "tool")),
+        "ChatML as used by Qwen2/2.5/3 and Qwen2-VL/2.5-VL tokenizer_config.json chat templates (Apache-2.0)",
+    ),
+    Family(
+        "gemma4",
+        ("<|turn>", "<turn|>"),
+        _headers("<|turn>{role}\n", "<turn|>", ("system", "user", "model"), {"model": "assistant"}),
+        "TRL's gemma4.jinja (Apache-2.0), from google/gemma-4 chat template (Gemma Terms of Use)",
+    ),
+    Family(
+        "gemma",
+        ("<start_of_turn>", "<end_of_turn>"),
+        # Gemma 3/3n fold the system prompt into the first user turn, so there is no system turn.
+        _headers("<start_of_turn>{role}\n", "<end_of_turn>", ("user", "model"), {"model": "assistant"}),
+        "TRL's gemma3.jinja (Apache-2.0), from google/gemma-3 chat template (Gemma Terms of Use)",
+    ),
+    Family(
+        "mistral",
+        ("[INST]", "[/INST]"),
+        (
+            # `[/INST]` closes the user turn and opens the assistant turn (include_end=False).
+            MarkerSpec("user", "[INST]", "[/INST]", include_end=False),
+            MarkerSpec("assistant", "[/INST]", EOS),
+            MarkerSpec("system", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", requires_token=True),
+            MarkerSpec("tool", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", requires_token=True),
+        ),
+        "mistral-common's instruct tokenizers v1/v3/v7 and tekken (Apache-2.0), "
+        "docs.mistral.ai/guides/tokenization",
+    ),
+    Family(
+        "phi3",
+        ("<|user|>", "<|assistant|>", "<|end|>"),
+        (
+            MarkerSpec("system", "<|system|>\n", "<|end|>"),
+            MarkerSpec("user", "<|user|>\n", "<|end|>"),
+            MarkerSpec("assistant", "<|assistant|>\n", "<|end|>"),
+        ),
+        "TRL's phi3.jinja (Apache-2.0), from microsoft/Phi-3 chat template (MIT)",
+    ),
+)
+
+# Tokens a processor inserts for media (and their begin/end/break markers). Masked after the scan,
+# even inside trained spans: they are inputs, never predictions. Sources: the tokenizer configs of
+# Qwen2-VL/2.5-VL, Llama 3.2 Vision (`<|image|>`), Gemma 3 (`<start_of_image>`, `<image_soft_token>`,
+# `<end_of_image>`), Gemma 3n/4 audio/video tokens, Pixtral/mistral-common tekken ([IMG], [IMG_BREAK],
+# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM.
+MEDIA_TOKENS: tuple[str, ...] = (
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|image|>", "<|video|>", "<|audio|>",
+    "<start_of_image>", "<end_of_image>", "<image_soft_token>",
+    "<start_of_audio>", "<end_of_audio>", "<audio_soft_token>",
+    "<|image>", "<image|>", "<|audio>", "<audio|>", "<|video>", "<video|>",
+    "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[AUDIO]", "[BEGIN_AUDIO]",
+    "<|image_start|>", "<|image_end|>", "<|patch|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
+    "<image>", "<video>", "<fake_token_around_image>", "<global-img>",
+)

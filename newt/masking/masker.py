@@ -1,0 +1,102 @@
+"""Render conversations, tokenize them in one batch, and label them with the scanner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from newt.masking.boundaries import boundaries_for, media_ids, pad_ids, template_text, text_tokenizer
+from newt.masking.scanner import RoleBoundary, TrainOnEos, build_labels_batch, check_knobs, known_roles
+
+# Llama 3.1/3.2 templates print today's date unless `date_string` is given; a pinned date keeps
+# renders (and so prepared-data cache keys) reproducible. 26 Jul 2024 is the templates' own fallback.
+DEFAULT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+
+class Masker:
+    """Resolves boundaries and checks the knobs once; then labels batches of conversations.
+
+    BOS: conversations are tokenized with `add_special_tokens=False`, as transformers'
+    `apply_chat_template(tokenize=True)` does, so the template is the only source of BOS and a
+    template that writes `{{ bos_token }}` does not get a second one from the tokenizer.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        chat_template: str | None = None,
+        roles_to_train: Iterable[str] = ("assistant",),
+        train_on_eos: TrainOnEos = "turn",
+        train_on_inputs: bool = False,
+        role_boundaries: list[dict] | None = None,
+        ignore_ids: Iterable[int] = (),
+        template_kwargs: dict | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.template = template_text(tokenizer, chat_template)
+        self.boundaries: list[RoleBoundary] = boundaries_for(tokenizer, chat_template, role_boundaries)
+        self.known_roles: tuple[str, ...] = known_roles(self.boundaries)
+        self.train_on_eos = train_on_eos
+        self.train_on_inputs = train_on_inputs
+        self.template_kwargs = {**DEFAULT_TEMPLATE_KWARGS, **(template_kwargs or {})}
+        if not self.boundaries:
+            # No boundaries (derivation failed and warned): every token but pad and media is trained.
+            self.train_on_inputs = True
+            self.roles_to_train = tuple(roles_to_train) if not isinstance(roles_to_train, str) else (roles_to_train,)
+        else:
+            self.roles_to_train = check_knobs(self.boundaries, roles_to_train, train_on_eos)
+        # A pad id that is also a turn-end marker (pad_token = eos_token) is not masked by value: that
+        # would untrain every end marker and the model would never learn to stop (TRL PR #5988).
+        # Padding added later is masked by the collator.
+        markers = {t for b in self.boundaries for t in b.end}
+        self.ignore_ids = tuple(
+            sorted(set(media_ids(tokenizer)) | {p for p in pad_ids(tokenizer) if p not in markers} | set(ignore_ids))
+        )
+
+    def render(self, conversations: Sequence[list[dict]]) -> list[str]:
+        kwargs = dict(tokenize=False, **self.template_kwargs)
+        if self.chat_template:
+            kwargs["chat_template"] = self.chat_template
+        return [self.tokenizer.apply_chat_template(c, **kwargs) for c in conversations]
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return text_tokenizer(self.tokenizer)(texts, add_special_tokens=False)["input_ids"]
+
+    def label(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Labels for already-tokenized rows (e.g. after a processor expanded the media tokens)."""
+        return build_labels_batch(
+            rows,
+            self.boundaries,
+            roles_to_train=self.roles_to_train if self.boundaries else (),
+            train_on_eos=self.train_on_eos,
+            train_on_inputs=self.train_on_inputs,
+            ignore_ids=self.ignore_ids,
+        )
+
+    def __call__(self, conversations: Sequence[list[dict]]) -> dict[str, list[list[int]]]:
+        input_ids = self.tokenize(self.render(conversations))
+        return {"input_ids": input_ids, "labels": self.label(input_ids)}
+
+
+def render_and_mask(
+    messages: list[dict],
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    roles_to_train: Iterable[str] = ("assistant",),
+    train_on_eos: TrainOnEos = "turn",
+    train_on_inputs: bool = False,
+    role_boundaries: list[dict] | None = None,
+) -> dict[str, list[int]]:
+    """One conversation: `{"input_ids", "labels"}`, the same as `Masker(...)([messages])` row 0."""
+    out = Masker(
+        tokenizer,
+        chat_template=chat_template,
+        roles_to_train=roles_to_train,
+        train_on_eos=train_on_eos,
+        train_on_inputs=train_on_inputs,
+        role_boundaries=role_boundaries,
+    )([messages])
+    return {"input_ids": out["input_ids"][0], "labels": out["labels"][0]}

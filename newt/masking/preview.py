@@ -1,0 +1,52 @@
+"""A markdown view of the masks, for the `prepared` asset's metadata in the Dagster UI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from newt.masking.boundaries import text_tokenizer
+from newt.masking.scanner import IGNORE_INDEX
+
+LEGEND = "**bold** = supervised (contributes to loss) · `code` = masked (label -100) · ⏎ = newline"
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, list[int]]]:
+    out: list[tuple[bool, list[int]]] = []
+    for t, lab in zip(ids, labels):
+        trained = lab != IGNORE_INDEX
+        if out and out[-1][0] == trained:
+            out[-1][1].append(t)
+        else:
+            out.append((trained, [t]))
+    return out
+
+
+def _render(text: str, trained: bool) -> str:
+    parts = []
+    for i, line in enumerate(text.split("\n")):
+        if i:
+            parts.append("⏎  \n")  # two spaces: a markdown hard line break
+        if line.strip():
+            parts.append(f"**{line.translate(_MD_SPECIAL)}**" if trained else f"`{line.replace('`', 'ˋ')}`")
+        elif line:
+            parts.append("·" * len(line))  # keep visible spacing without breaking the emphasis
+    return "".join(parts)
+
+
+def mask_preview_markdown(
+    input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], tokenizer: Any, rows: int = 3, max_tokens: int = 512
+) -> str:
+    """The first `rows` rows with supervised and masked text told apart at a glance."""
+    tok = text_tokenizer(tokenizer)
+    blocks = [LEGEND]
+    for r in range(min(rows, len(input_ids))):
+        ids, labs = list(input_ids[r])[:max_tokens], list(labels[r])[:max_tokens]
+        n_sup = sum(1 for x in labels[r] if x != IGNORE_INDEX)
+        head = f"#### Row {r}: {len(input_ids[r])} tokens, {n_sup} supervised"
+        if len(input_ids[r]) > max_tokens:
+            head += f" (first {max_tokens} shown)"
+        body = "".join(_render(tok.decode(seg), trained) for trained, seg in _segments(ids, labs))
+        blocks.append(f"{head}\n\n{body}")
+    return "\n\n".join(blocks)

@@ -1,0 +1,138 @@
+"""Built-in tiny models: a Llama-shaped model and tokenizer that newt builds offline, byte for byte the same on
+every machine (fixed vocabulary, seeded initialisation), so demos and tests never touch the hub.
+
+`base_model: builtin:tiny-llama` in a recipe resolves to the folder `ensure_builtin` returns; from then on the
+ordinary `from_pretrained` path loads it like any local checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bump when the builder's output changes: it is part of the folder name, so old builds are never reused.
+BUILDER_VERSION = "2"
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 512
+    seed: int = 0
+
+
+BUILTINS = {
+    # ~0.2 M parameters: big enough to learn the demo task on 2 CPU cores in about two minutes.
+    "tiny-llama": TinySpec(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2),
+}
+
+
+def cache_dir() -> Path:
+    """newt's local cache for built-in models and file digests (NEWT_CACHE_DIR, default ~/.cache/newt)."""
+    return Path(os.environ.get("NEWT_CACHE_DIR") or Path.home() / ".cache" / "newt")
+
+
+def ensure_builtin(name: str) -> Path:
+    """Build (once) and return the folder of a built-in model. Safe when several processes race."""
+    if name not in BUILTINS:
+        raise ValueError(f"unknown built-in model {name!r}; built-ins: {', '.join(sorted(BUILTINS))}")
+    target = cache_dir() / "builtin" / f"{name}-v{BUILDER_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(BUILTINS[name], tmp)
+        try:
+            os.rename(tmp, target)  # atomic; loses to a concurrent builder that finished first
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tokenizer():
+    """Byte-level BPE over the 256 byte symbols with a single merge, plus ChatML special tokens and template.
+
+    Almost every byte is one token: a real GPT-2/Qwen-style tokenizer (same pre-tokenizer and decoder), but small,
+    needing no training and therefore identical everywhere. The one merge (two spaces) exists because llama.cpp
+    refuses a byte-level BPE vocabulary with an empty merges list, and the tiny model must export to GGUF.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = _bytes_to_unicode()
+    vocab = {alphabet[b]: b for b in range(256)}
+    vocab["ĠĠ"] = 256
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "Ġ")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build(spec: TinySpec, out: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    vocab = len(tokenizer)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte→printable-character table (openai/gpt-2 encoder.py, MIT), the alphabet every
+    # byte-level BPE (GPT-2, Llama 3, Qwen) uses.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}

@@ -1,0 +1,57 @@
+"""Shared test set-up: hermetic caches, the object-store emulator fixtures, and a tiny recipe factory."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Must precede any gcsfs import (see tests/servers.py). HF_*_OFFLINE stays unset on purpose: with it, `datasets`
+# refuses even the loopback emulators; nothing here reaches for the hub anyway.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One newt cache per test session (built-in model, digests), never the user's ~/.cache/newt.
+os.environ["NEWT_CACHE_DIR"] = tempfile.mkdtemp(prefix="newt-test-cache-")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import pytest  # noqa: E402
+
+pytest_plugins = ["servers"]
+
+TINY_RECIPE = """\
+base_model: builtin:tiny-llama
+datasets:
+  - path: {data}
+sequence_len: 64
+val_set_size: 8
+adapter: lora
+lora_r: 4
+lora_alpha: 8
+lora_modules_to_save: [embed_tokens, lm_head]
+micro_batch_size: 8
+max_steps: 3
+learning_rate: 0.002
+logging_steps: 1
+eval:
+  max_samples: 8
+  max_new_tokens: 8
+"""
+
+
+@pytest.fixture
+def tiny_recipe_file(tmp_path: Path):
+    """Write a tiny recipe (and its 48-row reversal dataset) and return a function making variants of it."""
+    from newt.synthetic import write_reversal_jsonl
+
+    data = write_reversal_jsonl(tmp_path / "data" / "reversal.jsonl", n=48)
+
+    def make(name: str = "tiny", extra: str = "") -> Path:
+        path = tmp_path / "recipes" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(TINY_RECIPE.format(data=data) + extra)
+        return path
+
+    return make

@@ -1,0 +1,84 @@
+"""The mask audit and the mask preview."""
+
+from __future__ import annotations
+
+import json
+
+import masking_fixtures as F
+from newt.masking import Masker, audit, audit_problems, mask_preview_markdown
+from test_masking_families import CONV, NO_SYSTEM
+
+
+def _run(tok, convs, **settings):
+    m = Masker(tok, **settings)
+    out = m(convs)
+    return audit(convs, out["input_ids"], out["labels"], tok, m), out
+
+
+def test_correct_masks_pass_and_report_is_json():
+    report, _ = _run(F.qwen25(), [CONV, NO_SYSTEM])
+    assert json.loads(json.dumps(report)) == report
+    assert (report["rows_checked"], report["failures"], report["failure_rate"]) == (2, [], 0.0)
+    # 2 rows x 2 assistant turns x (2 content tokens + <|im_end|>)
+    assert report["supervised_tokens_per_role"]["assistant"] == 12
+    assert audit_problems(report) == []
+
+
+def test_wrong_boundaries_fail_with_row_and_readable_diff():
+    # A plausible mistake: the start marker stops before the role name, so the header is trained too.
+    spec = [{"role": "assistant", "start": "<|im_start|>", "end": "<|im_end|>"}]
+    report, _ = _run(F.qwen25(), [CONV], role_boundaries=spec)
+    assert report["failure_rate"] == 1.0
+    diff = report["failures"][0]["diff"]
+    assert report["failures"][0]["row"] == 0
+    assert diff.startswith("2 trainable messages (assistant) but 5 trainable turns in the tokens")
+    assert "message 2 (assistant): expected 'Hello there'\n  supervised 'system\\nBe brief.'" in diff
+    problems = audit_problems(report)
+    assert len(problems) == 1 and "1 of 1 rows" in problems[0] and "role_boundaries" in problems[0]
+    assert audit_problems(report, max_failure_rate=1.0) == []
+
+
+def test_zero_supervision_rows_are_counted_and_fail_unless_allowed():
+    only_user = [{"role": "user", "content": "Hi"}]
+    report, _ = _run(F.qwen25(), [CONV, only_user, only_user])
+    assert report["zero_supervision_rows"] == 2 and report["zero_supervision_examples"] == [1, 2]
+    assert any("2 rows have no supervised token" in p for p in audit_problems(report))
+    assert audit_problems(report, allow_zero_supervision=True) == []
+
+
+def test_max_rows_limits_the_checked_rows():
+    report, _ = _run(F.qwen25(), [CONV] * 5, train_on_eos="last")
+    assert report["rows_checked"] == 5 and report["failures"] == []
+    m = Masker(F.qwen25())
+    out = m([CONV] * 5)
+    assert audit([CONV] * 5, out["input_ids"], out["labels"], F.qwen25(), m, max_rows=2)["rows_checked"] == 2
+
+
+def test_audit_accepts_qwen3_think_rewrites():
+    conv = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "<think>\nr1\n</think>\n\na1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    report, _ = _run(F.qwen3(), [conv])
+    assert report["failures"] == []
+
+
+def test_audit_settings_dict_builds_the_masker():
+    tok = F.qwen25()
+    out = Masker(tok, roles_to_train=["user"])([CONV])
+    report = audit([CONV], out["input_ids"], out["labels"], tok, {"roles_to_train": ["user"]})
+    assert report["failures"] == [] and report["supervised_tokens_per_role"]["user"] == 4  # Hi, Again + 2 ends
+    # Auditing user masks against assistant settings shows the mismatch.
+    report = audit([CONV], out["input_ids"], out["labels"], tok, {})
+    assert report["failure_rate"] == 1.0
+
+
+def test_preview_tells_trained_from_masked():
+    tok = F.qwen25()
+    out = Masker(tok)([CONV, NO_SYSTEM])
+    md = mask_preview_markdown(out["input_ids"], out["labels"], tok, rows=1)
+    assert "#### Row 0: 34 tokens, 6 supervised" in md and "Row 1" not in md
+    assert "**Hello there&lt;\\|im\\_end\\|&gt;**" in md
+    assert "`<|im_start|>assistant`⏎" in md

@@ -1,0 +1,212 @@
+"""The scanner's semantics, one test per rule of docs/masking.md "Scanner semantics"."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from newt.masking import MaskingError, RoleBoundary, build_labels, build_labels_batch
+
+X = -100
+# Markers: 1 opens a user turn, 2 opens an assistant turn, 9 closes both.
+USER, ASSISTANT, END = 1, 2, 9
+B = [RoleBoundary("user", [USER], [END]), RoleBoundary("assistant", [ASSISTANT], [END])]
+
+
+def test_content_of_trainable_role_and_its_end_marker_are_trained():
+    row = [0, USER, 5, 6, END, ASSISTANT, 7, 8, END, 4]
+    assert build_labels(row, B) == [X, X, X, X, X, X, 7, 8, END, X]
+
+
+def test_longest_start_wins():
+    bs = [RoleBoundary("user", [1], [9]), RoleBoundary("assistant", [1, 2], [9])]
+    assert build_labels([1, 2, 5, 9], bs) == [X, X, 5, 9]
+    assert build_labels([1, 3, 5, 9], bs) == [X, X, X, X]
+
+
+def test_first_declared_wins_a_tie():
+    bs = [RoleBoundary("assistant", [1], [9]), RoleBoundary("user", [1], [9])]
+    assert build_labels([1, 5, 9], bs) == [X, 5, 9]
+    assert build_labels([1, 5, 9], bs[::-1]) == [X, X, X]
+
+
+def test_no_match_moves_one_token():
+    # The start [1, 2] only matches at index 1; a scanner that jumped would miss it.
+    bs = [RoleBoundary("assistant", [1, 2], [9])]
+    assert build_labels([1, 1, 2, 5, 9], bs) == [X, X, X, 5, 9]
+
+
+def test_end_is_first_occurrence_after_start_and_start_inside_content_is_content():
+    # The 2 inside the first assistant turn is content, not a new turn.
+    row = [ASSISTANT, 5, ASSISTANT, 6, END, 7, END]
+    assert build_labels(row, B) == [X, 5, ASSISTANT, 6, END, X, X]
+
+
+def test_end_marker_may_not_overlap_the_start():
+    bs = [RoleBoundary("assistant", [2], [2])]
+    assert build_labels([2, 5, 2, 6], bs) == [X, 5, 2, X]
+
+
+def test_truncated_turn_trains_content_to_end_of_row_without_end_marker():
+    assert build_labels([USER, 5, END, ASSISTANT, 7, 8], B) == [X, X, X, X, 7, 8]
+    assert build_labels([USER, 5, END, ASSISTANT, 7, 8], B, train_on_eos="last") == [X, X, X, X, 7, 8]
+
+
+def test_empty_end_runs_to_end_of_row():
+    bs = [RoleBoundary("assistant", [2])]
+    assert build_labels([0, 2, 5, 9, 2, 6], bs) == [X, X, 5, 9, 2, 6]
+
+
+def test_include_start_trains_the_start_marker():
+    bs = [RoleBoundary("assistant", [2, 3], [9], include_start=True)]
+    assert build_labels([0, 2, 3, 5, 9], bs) == [X, 2, 3, 5, 9]
+
+
+ROW = [USER, 5, END, ASSISTANT, 6, END, USER, 7, END, ASSISTANT, 8, END]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("turn", [X, X, X, X, 6, END, X, X, X, X, 8, END]),
+        ("all", [X, X, END, X, 6, END, X, X, END, X, 8, END]),
+        ("none", [X, X, X, X, 6, X, X, X, X, X, 8, X]),
+        ("last", [X, X, X, X, 6, X, X, X, X, X, 8, END]),
+    ],
+)
+def test_train_on_eos(mode, expected):
+    assert build_labels(ROW, B, train_on_eos=mode) == expected
+
+
+def test_train_on_eos_last_is_per_row():
+    rows = [ROW, [ASSISTANT, 4, END, USER, 3, END]]
+    out = build_labels_batch(rows, B, train_on_eos="last")
+    assert out[0][-1] == END and out[0][5] == X
+    assert out[1] == [X, 4, END, X, X, X]
+
+
+def test_include_end_false_never_trains_end_and_resumes_at_it():
+    # Mistral: [INST]=1 user [/INST]=2 assistant </s>=9; [/INST] closes the user turn and opens the assistant.
+    bs = [RoleBoundary("user", [1], [2], include_end=False), RoleBoundary("assistant", [2], [9])]
+    row = [0, 1, 5, 2, 6, 9, 1, 7, 2, 8, 9]
+    assert build_labels(row, bs) == [X, X, X, X, 6, 9, X, X, X, 8, 9]
+    assert build_labels(row, bs, roles_to_train=["user"], train_on_eos="all") == [X, X, 5, X, X, 9, X, 7, X, X, 9]
+
+
+def test_outside_spans_is_masked_and_undeclared_roles_too():
+    row = [100, 101, 3, 5, END, ASSISTANT, 6, END]  # BOS, preamble, an undeclared "3" turn
+    assert build_labels(row, B) == [X, X, X, X, X, X, 6, END]
+
+
+def test_pad_and_media_ids_are_masked_inside_trained_spans():
+    row = [ASSISTANT, 6, 50, 50, 7, 60, END, 60]
+    assert build_labels(row, B, ignore_ids=[50, 60]) == [X, 6, X, X, 7, X, END, X]
+
+
+def test_train_on_inputs_trains_everything_but_pad_and_media():
+    row = [100, USER, 5, END, ASSISTANT, 50, 6, END, 60]
+    assert build_labels(row, B, train_on_inputs=True, ignore_ids=[50, 60]) == [100, USER, 5, END, ASSISTANT, X, 6, END, X]
+
+
+def test_unknown_role_is_an_error_listing_known_roles():
+    with pytest.raises(MaskingError, match=r"'asistant' \(did you mean 'assistant'\?\).*known roles: user, assistant"):
+        build_labels([1], B, roles_to_train=["asistant"])
+
+
+def test_train_on_eos_must_be_known():
+    with pytest.raises(MaskingError, match="turn, all, last, none"):
+        build_labels([1], B, train_on_eos="always")
+
+
+def test_empty_start_is_rejected():
+    with pytest.raises(MaskingError, match="empty start"):
+        RoleBoundary("assistant", [])
+
+
+def test_rows_do_not_leak_into_each_other():
+    # A marker split across two rows must not match; an open turn must not continue into the next row.
+    bs = [RoleBoundary("assistant", [2, 3], [9])]
+    assert build_labels_batch([[0, 2], [3, 5, 9], [2, 3, 7], [8, 9]], bs) == [[X, X], [X, X, X], [X, X, 7], [X, X]]
+    assert build_labels_batch([], bs) == []
+    assert build_labels_batch([[]], bs) == [[]]
+
+
+# --- property test against a straightforward reference scanner ----------------------------------
+
+
+def reference_labels(ids, boundaries, roles, train_on_eos, train_on_inputs, ignore):
+    """The semantics written as plainly as possible (independent of the numpy implementation)."""
+    n = len(ids)
+    trained = [False] * n
+    if train_on_inputs:
+        trained = [True] * n
+    else:
+        i, last = 0, None
+        while i < n:
+            best = None
+            for b in boundaries:
+                if list(ids[i : i + len(b.start)]) == list(b.start) and (best is None or len(b.start) > len(best.start)):
+                    best = b
+            if best is None:
+                i += 1
+                continue
+            c = i + len(best.start)
+            e = None
+            if best.end:
+                for j in range(c, n - len(best.end) + 1):
+                    if list(ids[j : j + len(best.end)]) == list(best.end):
+                        e = j
+                        break
+            stop = e if e is not None else n
+            if best.role in roles:
+                for k in range(i if best.include_start else c, stop):
+                    trained[k] = True
+            if e is not None:
+                marker = range(e, e + len(best.end))
+                if best.role in roles and train_on_eos == "last":
+                    last = marker if best.include_end else None
+                elif best.include_end and (
+                    (best.role in roles and train_on_eos in ("turn", "all")) or train_on_eos == "all"
+                ):
+                    for k in marker:
+                        trained[k] = True
+                i = e if not best.include_end else e + len(best.end)
+            else:
+                i = n
+        if last is not None:
+            for k in last:
+                trained[k] = True
+    return [t if trained[k] and t not in ignore else X for k, t in enumerate(ids)]
+
+
+token = st.integers(0, 6)
+boundary = st.builds(
+    RoleBoundary,
+    st.sampled_from(["user", "assistant", "system"]),
+    st.lists(token, min_size=1, max_size=3),
+    st.lists(token, min_size=0, max_size=2),
+    st.booleans(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.lists(token, max_size=40), min_size=1, max_size=4),
+    bs=st.lists(boundary, min_size=1, max_size=4),
+    eos=st.sampled_from(["turn", "all", "last", "none"]),
+    on_inputs=st.booleans(),
+    ignore=st.sets(token, max_size=2),
+    data=st.data(),
+)
+def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
+    known = sorted({b.role for b in bs})
+    roles = data.draw(st.lists(st.sampled_from(known), unique=True))
+    got = build_labels_batch(rows, bs, roles_to_train=roles, train_on_eos=eos, train_on_inputs=on_inputs, ignore_ids=ignore)
+    for row, labels in zip(rows, got):
+        assert labels == reference_labels(row, bs, set(roles), eos, on_inputs, ignore)
+        assert all(lab == X for lab in labels if lab in ignore) and all(
+            lab == X for t, lab in zip(row, labels) if t in ignore
+        )
+        assert all(lab in (X, t) for t, lab in zip(row, labels))
