@@ -9,7 +9,7 @@ export NEWT_CACHE_DIR ?= $(CURDIR)/.newt/cache
 export NEWT_STORE ?= $(CURDIR)/.newt/store
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test ui bench clean
+.PHONY: install demo test ui bench docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: install
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+docs: install
+	$(PY) -m newt.docgen
 
 bench: install
 	$(PY) bench/demo_time.py

@@ -9,19 +9,26 @@ from pathlib import Path
 import dagster as dg
 
 from assets import recipe_assets
-from jobs import recipe_job
+from jobs import recipe_job, recipe_schedules, recipe_sensors
 from newt.config import load_recipe
-from resources import NewtStore
+from resources import NewtStore, launcher_from_env
 
 RECIPES = Path(os.environ.get("NEWT_RECIPES") or Path(__file__).parent / "recipes")
 
 
-def build_definitions(recipes_dir: Path = RECIPES, store: NewtStore | None = None) -> dg.Definitions:
-    recipes = [load_recipe(p) for p in sorted(recipes_dir.glob("*.yaml"))]
+def build_definitions(
+    recipes_dir: Path = RECIPES, store: NewtStore | None = None, recipe_files: list[Path] | None = None
+) -> dg.Definitions:
+    """`recipe_files` (what `newt run FILE` passes) replaces the folder's recipes with just those files."""
+    if recipe_files is None:
+        recipe_files = sorted([*recipes_dir.glob("*.yaml"), *recipes_dir.glob("*.yml")])
+    recipes = [load_recipe(p) for p in recipe_files]
     return dg.Definitions(
         assets=[a for r in recipes for a in recipe_assets(r)],
         jobs=[recipe_job(r) for r in recipes],
-        resources={"store": store or NewtStore.from_env(), "pipes": dg.PipesSubprocessClient()},
+        schedules=[s for r in recipes for s in recipe_schedules(r)],
+        sensors=[s for r in recipes for s in recipe_sensors(r)],
+        resources={"store": store or NewtStore.from_env(), "launcher": launcher_from_env()},
     )
 
 

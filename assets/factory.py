@@ -8,55 +8,71 @@ from typing import Any
 
 import dagster as dg
 
-from newt import STAGES
 from newt.config import Recipe
-from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, run_stage
+from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, nodes, run_stage, stage_of, upstream_of
+from resources.launcher import TrainingLauncher
+from assets.sources import source_asset_keys
 from resources.store import NewtStore
 
 # Stages that hold an accelerator while they run: Dagster's `gpu` pool lets one of them run at a time
 # (limit set in dagster.yaml).
 GPU_STAGES = ("trained", "merged", "quantized", "evaluation")
-GATE_CHECK = "eval_gates"
+# One blocking check per gate kind (newt.evaluate.gates), so the UI says which kind failed.
+GATE_CHECKS = {
+    "threshold": ("eval_thresholds", "eval.thresholds: absolute limits on the fine-tuned variants"),
+    "regression": ("eval_regression", "eval.max_drop: no regression against eval.baseline (default: the previous "
+                                      "materialization whose gates passed)"),
+    "retention": ("eval_retention", "eval.min_retention: each quantized variant keeps this share of merged's metric"),
+}
 
 
 def stage_asset_key(recipe_name: str, stage: str) -> dg.AssetKey:
     return dg.AssetKey([recipe_name, stage])
 
 
-def recipe_assets(recipe: Recipe) -> list[dg.AssetsDefinition]:
-    return [_stage_asset(recipe, stage) for stage in STAGES]
+def recipe_assets(recipe: Recipe) -> list[dg.AssetsDefinition | dg.SourceAsset]:
+    """One asset per node: the six stages plus `quantized_<method>` for each further quantize output."""
+    from assets.sources import source_assets
+
+    return [*source_assets(recipe), *(_stage_asset(recipe, node) for node in nodes(recipe))]
 
 
 def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
-    sdef = STAGE_DEFS[stage]
+    sdef = STAGE_DEFS[stage_of(stage)]
     key = stage_asset_key(recipe.name, stage)
     checks = []
     if stage == "evaluation":
-        checks = [dg.AssetCheckSpec(GATE_CHECK, asset=key, blocking=True,
-                                    description="eval.thresholds on the fine-tuned models (merged, quantized)")]
+        checks = [dg.AssetCheckSpec(name, asset=key, blocking=True, description=text)
+                  for name, text in GATE_CHECKS.values()]
+    description = sdef.description
+    if stage_of(stage) == "quantized":
+        description = f"{description} Method: {recipe.quantize.variants()[stage]}."
 
     @dg.asset(
         key=key,
-        deps=[stage_asset_key(recipe.name, u) for u in sdef.upstream],
+        deps=[stage_asset_key(recipe.name, u) for u in upstream_of(recipe, stage)]
+        + (source_asset_keys(recipe) if stage == "dataset" else []),  # external data: assets/sources.py
         group_name=recipe.name,
-        description=f"{sdef.description} (recipe {recipe.source or recipe.name})",
+        description=f"{description} (recipe {recipe.source or recipe.name})",
         code_version=asset_code_version(recipe, stage),
         kinds={"newt"},
-        pool="gpu" if stage in GPU_STAGES else None,
+        pool="gpu" if stage_of(stage) in GPU_STAGES else None,
         check_specs=checks or None,
-        tags={"newt/stage": stage},
+        tags={"newt/stage": stage_of(stage)},
     )
-    def _asset(context: dg.AssetExecutionContext, store: NewtStore, pipes: dg.PipesSubprocessClient):
-        launcher = None
+    def _asset(context: dg.AssetExecutionContext, store: NewtStore, launcher: TrainingLauncher):
+        launch = None
         if stage == "trained":
-            def launcher(cmd: list[str], env: dict[str, str]) -> None:
-                pipes.run(command=cmd, context=context, env=env)
+            def launch(cmd: list[str], env: dict[str, str]) -> None:
+                launcher.launch(context, recipe, cmd, env)
 
-        outcome = run_stage(recipe, stage, store.open(), launcher=launcher, log=context.log.info)
+        outcome = run_stage(recipe, stage, store.open(), launcher=launch, log=context.log.info)
+        metadata, check_results = asset_metadata(outcome), None
+        if stage == "evaluation":
+            check_results = _gate_results(recipe, outcome, _previous_metrics(context.instance, key))
+            metadata["gates_passed"] = all(r.passed for r in check_results)
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(outcome.key),
-            metadata=asset_metadata(outcome),
-            check_results=_gate_results(recipe, outcome) if stage == "evaluation" else None,
+            data_version=dg.DataVersion(outcome.key), metadata=metadata, check_results=check_results
         )
 
     return _asset
@@ -84,13 +100,36 @@ def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
     return meta
 
 
-def _gate_results(recipe: Recipe, outcome: StageOutcome) -> list[dg.AssetCheckResult]:
+def _previous_metrics(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 50) -> dict | None:
+    """Metrics of the latest earlier materialization whose gates passed (a failed one was still recorded, and
+    must not become the bar the next run is held to); None when there is none."""
+    from newt.evaluate import unflatten
+
+    for record in instance.fetch_materializations(key, limit=limit).records:
+        materialization = record.asset_materialization
+        if materialization is None:
+            continue
+        meta = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+        if meta.get("gates_passed", True) is True:
+            return unflatten({k: v for k, v in meta.items() if "/" in k})
+    return None
+
+
+def _gate_results(recipe: Recipe, outcome: StageOutcome, previous: dict | None) -> list[dg.AssetCheckResult]:
     from newt.evaluate import gates
 
-    verdicts = gates(outcome.metadata.get("results", {}), recipe.eval.thresholds)
-    return [dg.AssetCheckResult(
-        check_name=GATE_CHECK,
-        passed=all(v["passed"] for v in verdicts),
-        metadata={"verdicts": dg.MetadataValue.md("\n".join(f"- {'✅' if v['passed'] else '❌'} {v['text']}"
-                                                            for v in verdicts) or "no thresholds set")},
-    )]
+    results = outcome.metadata.get("results", {})
+    out = []
+    for kind, verdicts in gates(results, recipe, previous).items():
+        name = GATE_CHECKS[kind][0]
+        if verdicts:
+            text = "\n".join(f"- {'✅' if v['passed'] else '❌'} {v['text']}" for v in verdicts)
+        elif kind == "regression" and recipe.eval.max_drop and recipe.eval.baseline == "previous":
+            text = "no earlier materialization with passing gates to compare with"
+        else:
+            text = "no gates of this kind set"
+        meta: dict[str, Any] = {"verdicts": dg.MetadataValue.md(text)}
+        if verdicts:
+            meta["details"] = dg.MetadataValue.json(verdicts)
+        out.append(dg.AssetCheckResult(check_name=name, passed=all(v["passed"] for v in verdicts), metadata=meta))
+    return out

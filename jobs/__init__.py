@@ -1,15 +1,23 @@
-"""One job per recipe: materialize its whole asset group."""
+"""One job per recipe (its whole asset group), its retraining schedule and its data sensors."""
 
 from __future__ import annotations
 
 import dagster as dg
 
+from jobs.schedules import recipe_schedules
+from jobs.sensors import recipe_sensors
 from newt.config import Recipe
+
+__all__ = ["job_name", "recipe_job", "recipe_schedules", "recipe_sensors"]
+
+
+def job_name(recipe: Recipe) -> str:
+    return f"{recipe.name}_job"
 
 
 def recipe_job(recipe: Recipe) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
-        name=f"{recipe.name}_job",
+        name=job_name(recipe),
         selection=dg.AssetSelection.groups(recipe.name),
         description=f"Materialize every stage of recipe {recipe.name}; unchanged stages are cache hits.",
     )

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ class Store:
             self.fs.invalidate_cache(base)
         try:
             marker = self.fs.cat_file(f"{base}/{MARKER}").decode().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a folder of the path should be
             return Lookup("miss", uri, reason="no commit marker")
         try:
             raw = self.fs.cat_file(f"{base}/{MANIFEST}")
@@ -209,13 +210,12 @@ class Store:
     def lock(self, stage: str, key: str) -> Iterator[None]:
         """Per-key lock: two processes building the same key take turns; the second then finds a hit.
 
-        Local roots use flock on a lock file. Object stores have no locks: there, marker-last writes of identical
-        content make a lost race harmless.
+        Local roots use flock on a lock file under the root. Object stores have no locks; the processes of one
+        machine still share the local work folder of a key (`workdir`), so they take a flock in the local cache;
+        across machines, marker-last writes of the same key make a lost race harmless.
         """
-        if not self.is_local:
-            yield
-            return
-        lock_file = _mkdir(Path(self._root_path) / ".locks") / f"{stage}-{key}.lock"
+        lock_dir = Path(self._root_path) / ".locks" if self.is_local else cache_dir() / "locks"
+        lock_file = _mkdir(lock_dir) / f"{stage}-{key}.lock"
         with open(lock_file, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -248,8 +248,11 @@ class Store:
         if self.lookup(stage, key).hit:  # someone else committed the same key meanwhile: theirs is as good
             shutil.rmtree(workdir, ignore_errors=True)
             return self.lookup(stage, key)
-        if self.fs.exists(final):  # an uncommitted or corrupt leftover
+        if self.is_local and self.fs.exists(final):  # an uncommitted or corrupt leftover (we hold the key's lock)
             self.fs.rm(final, recursive=True)
+        # Object stores: no removal first. Another machine may be uploading the same key right now (there is no
+        # lock across machines); deleting would destroy its files. Same paths are overwritten, and a stray file
+        # of a crashed build is not in the manifest, so it is never read as part of the artifact.
         if self.is_local:
             (workdir / MANIFEST).write_bytes(raw)
             _fsync_tree(workdir)
@@ -262,13 +265,26 @@ class Store:
             self.fs.pipe_file(f"{final}/{MARKER}", marker.encode())
             shutil.rmtree(workdir, ignore_errors=True)
         found = self.lookup(stage, key)
+        for _ in range(0 if self.is_local else 10):
+            if found.hit:
+                break
+            # A concurrent writer of the same key on another machine is between its manifest and its marker:
+            # its marker, written last, makes the folder consistent again.
+            time.sleep(0.3)
+            found = self.lookup(stage, key)
         if not found.hit:
             raise CacheError(f"commit of {stage}/{key} did not verify: {found.reason}")
         return found
 
 
 def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(
+            f"cannot create the folder {p} ({exc.strerror or exc}); newt needs a writable folder there: set the "
+            f"store root (NEWT_STORE or the store resource's root) or NEWT_CACHE_DIR to a writable folder"
+        ) from None
     return p
 
 

@@ -51,8 +51,12 @@ class DatasetSpec(Strict):
     """One data source and how its rows become conversations."""
 
     path: str = knob(..., "Local file/folder, fsspec URL (s3://, gs://, az://, https://) or hub dataset name.", "dataset")
-    type: Literal["chat_template"] = knob(
-        "chat_template", "Row format: `chat_template` = a list of messages per row.", "prepared"
+    type: Literal["chat_template", "alpaca", "completion", "input_output"] = knob(
+        "chat_template",
+        "Row format (docs/data-formats.md): `chat_template` = a list of messages per row (OpenAI or ShareGPT), "
+        "`alpaca` = instruction/input/output, `completion` = raw text trained fully, `input_output` = text "
+        "segments with per-segment train flags.",
+        "prepared",
     )
     split: str = knob("train", "Split to read.", "dataset")
     data_files: str | list[str] | None = knob(None, "Files inside `path` to read (glob or list).", "dataset")
@@ -71,6 +75,20 @@ class DatasetSpec(Strict):
         "Which keys of a message hold its role and content, e.g. {role: from, content: value} for ShareGPT.",
         "prepared",
     )
+    roles: dict[str, list[str]] | None = knob(
+        None,
+        "Role names in the data mapped to template roles, e.g. {user: [human], assistant: [gpt]}; null maps "
+        "ShareGPT's human/gpt and the OpenAI names (user, assistant, system, tool).",
+        "prepared",
+    )
+    field_instruction: str = knob("instruction", "`alpaca`: column with the instruction (user turn).", "prepared")
+    field_input: str = knob("input", "`alpaca`: optional column appended to the instruction.", "prepared")
+    field_output: str = knob("output", "`alpaca`: column with the answer (assistant turn).", "prepared")
+    field: str = knob("text", "`completion`: column with the raw text.", "prepared")
+    field_segments: str = knob(
+        "segments", "`input_output`: column with the list of {text, label} segments (label true = trained).",
+        "prepared",
+    )
     roles_to_train: list[str] | None = knob(None, "Overrides the recipe's `roles_to_train` for this dataset.", "prepared")
     train_on_eos: TrainOnEos | None = knob(None, "Overrides the recipe's `train_on_eos` for this dataset.", "prepared")
 
@@ -81,38 +99,134 @@ class MergeConfig(Strict):
     )
 
 
+QuantizeMethod = Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"]
+
+
 class QuantizeConfig(Strict):
-    method: Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"] = knob(
-        "int8_weight_only", "Quantization/export method applied to the merged model.", "quantized"
+    outputs: list[QuantizeMethod] = knob(
+        ["int8_weight_only"],
+        "Quantized/exported models built from the merged model, each its own cached asset: the first is "
+        "`<recipe>/quantized`, each further one `<recipe>/quantized_<method>`.",
+        "quantized", min_length=1,
     )
 
+    @field_validator("outputs")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        twice = sorted({m for m in value if value.count(m) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once; list each method once")
+        return value
 
-EVAL_METRICS = {"exact_match": "min", "loss": "max", "perplexity": "max"}
+    def variants(self) -> dict[str, str]:
+        """{variant (= asset) name: method}: the first output is `quantized`, each further `quantized_<method>`."""
+        return {("quantized" if i == 0 else f"quantized_{m}"): m for i, m in enumerate(self.outputs)}
+
+
+# Built-in metrics and their direction: "min" = higher is better (a threshold is a minimum), "max" = lower is better.
+EVAL_METRICS = {"exact_match": "min", "contains": "min", "regex_match": "min", "loss": "max", "perplexity": "max"}
+_LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
+
+
+def metric_direction(name: str) -> Literal["min", "max"]:
+    """Built-in metrics by table; lm-eval metrics (`<task>/<metric>`) are higher-is-better unless a loss or
+    perplexity (lm-eval's own `higher_is_better` agrees for the metrics it ships)."""
+    if name in EVAL_METRICS:
+        return EVAL_METRICS[name]  # type: ignore[return-value]
+    return "max" if name.rsplit("/", 1)[-1].endswith(_LOWER_IS_BETTER) else "min"
 
 
 class EvalConfig(Strict):
     max_samples: int = knob(200, "Held-out rows scored (the first N of the validation split).", "evaluation", ge=1)
     max_new_tokens: int = knob(32, "Generation budget per held-out prompt.", "evaluation", ge=1)
-    models: list[Literal["base", "merged", "quantized"]] = knob(
-        ["base", "merged", "quantized"], "Model variants to evaluate.", "evaluation", min_length=1
+    models: list[str] = knob(
+        ["base", "merged", "quantized"],
+        "Model variants to evaluate: `base`, `merged`, `quantized` (the first quantize output) and "
+        "`quantized_<method>` (a further output).",
+        "evaluation", min_length=1,
     )
+    answer_regex: str | None = knob(
+        None,
+        "Regex searched in each generated answer; its first match (group 1 when the pattern has groups) is "
+        "compared with the reference answer, giving the metric `regex_match`.",
+        "evaluation",
+    )
+    lm_eval_tasks: list[str] = knob(
+        [], "lm-evaluation-harness tasks run on each variant: local YAML tasks from `lm_eval_include_path`, or "
+        "standard task names whose data is available offline. Metrics are named `<task>/<metric>`.", "evaluation",
+    )
+    lm_eval_include_path: str | None = knob(
+        None, "Folder of local lm-eval task YAML files (offline: `dataset_path: json` with local data_files); "
+        "its files' content is part of the evaluation key.", "evaluation",
+    )
+    lm_eval_limit: int | None = knob(None, "Documents per lm-eval task (null: all).", "evaluation", ge=1)
     thresholds: dict[str, float] = knob(
         {},
-        "Blocking gates on the fine-tuned variants: exact_match is a minimum, loss and perplexity are maxima. "
+        "Absolute gates on the fine-tuned variants: metrics where higher is better (exact_match, contains, "
+        "regex_match, most lm-eval metrics) need at least the value, loss and perplexity at most. "
         "Checked on every materialization; not part of the key.",
     )
+    max_drop: dict[str, float] = knob(
+        {},
+        "No-regression gate: the largest allowed worsening of each metric of each fine-tuned variant against "
+        "`baseline`, in the metric's own units (exact_match: 0.05 = five points). Not part of the key.",
+    )
+    baseline: str = knob(
+        "previous",
+        "What `max_drop` compares with: `previous` (this evaluation asset's last materialization; passes when "
+        "there is none), `base` (the base model in the same run), or a path to a JSON file of metrics "
+        "(`{variant: {metric: value}}`, or `{metric: value}` for every variant). Not part of the key.",
+    )
+    min_retention: dict[str, float] = knob(
+        {},
+        "Quantized-vs-merged gate: each quantized variant keeps at least this share of the merged model's metric "
+        "(quantized/merged; merged/quantized for loss and perplexity, so 0.95 always means 'at most 5% worse'). "
+        "Not part of the key.",
+    )
 
-    @field_validator("thresholds")
-    @classmethod
-    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        for name in value:
-            if name not in EVAL_METRICS:
-                hint = difflib.get_close_matches(name, EVAL_METRICS, n=1)
-                raise ValueError(
-                    f"unknown metric {name!r}; known metrics: {', '.join(EVAL_METRICS)}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+    @model_validator(mode="after")
+    def _known_metrics(self) -> EvalConfig:
+        known = list(EVAL_METRICS)
+        problems = []
+        for gate in ("thresholds", "max_drop", "min_retention"):
+            for name in getattr(self, gate):
+                task = name.split("/", 1)[0] if "/" in name else None
+                if name in EVAL_METRICS or (task is not None and task in self.lm_eval_tasks):
+                    continue
+                hint = difflib.get_close_matches(name, known, n=1)
+                problems.append(
+                    f"eval.{gate}: unknown metric {name!r}; known metrics: {', '.join(known)}, or "
+                    "<task>/<metric> for a task in eval.lm_eval_tasks" + (f"; did you mean {hint[0]!r}?" if hint else "")
                 )
-        return value
+        if self.answer_regex is not None:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as exc:
+                problems.append(f"eval.answer_regex: {self.answer_regex!r} is not a valid regex ({exc})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class TrlConfig(Strict):
+    """GRPO settings, named as in Axolotl's `trl:` section."""
+
+    num_generations: int = knob(4, "Completions sampled per prompt (GRPO group size).", "trained", ge=2)
+    max_completion_length: int = knob(64, "Token budget of each sampled completion.", "trained", ge=1)
+    reward_funcs: list[str] = knob(
+        ["exact_match"],
+        "Reward functions: built-ins (exact_match, format, length), a dotted path `pkg.module.func`, or "
+        "`path/to/file.py:func`.", "trained", min_length=1,
+    )
+    reward_weights: list[float] | None = knob(None, "Weight of each reward function (default: all 1).", "trained")
+    use_vllm: bool = knob(False, "Generate with vLLM (GPU only, colocated); plain `generate` otherwise.", "trained")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> TrlConfig:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
+                             f"{len(self.reward_funcs)}; give one weight per reward function")
+        return self
 
 
 class Recipe(Strict):
@@ -147,8 +261,34 @@ class Recipe(Strict):
         0.0, "Held-out share of rows (< 1) or row count (>= 1) for evaluation.", "prepared", ge=0
     )
     seed: int = knob(42, "Seed for the split, shuffling and training.", "prepared", "trained")
+    shuffle_merged_datasets: bool = knob(
+        True, "Shuffle the merged rows by `seed` before the split; false keeps the order of `datasets`.", "prepared"
+    )
+    dataset_exact_deduplication: bool = knob(
+        False, "Drop rows whose tokens and labels repeat an earlier row's (first occurrence kept).", "prepared"
+    )
+    sample_packing: bool = knob(
+        False,
+        "Pack training rows into sequence_len bins without attention across examples (position ids restart "
+        "per example); validation rows stay unpacked.",
+        "prepared", "trained",
+    )
+    dataset_num_proc: int | None = knob(
+        None, "Processes for tokenizing and masking; null uses every core. Output is identical for any value.",
+        ge=1,
+    )
+    allow_zero_supervision_rows: bool = knob(
+        False,
+        "Drop (and count) rows that have no supervised token as written, instead of failing the stage. Rows "
+        "that lose all supervision to truncation are always dropped and counted.",
+    )
+    mask_audit_max_failure_rate: float = knob(
+        0.0, "The prepared stage fails when more audited rows than this share supervise the wrong text.", ge=0, le=1
+    )
 
-    adapter: Literal["lora"] | None = knob("lora", "`lora`, or null for a full fine-tune.", "trained")
+    adapter: Literal["lora", "qlora"] | None = knob(
+        "lora", "`lora`, `qlora` (LoRA on a bitsandbytes 4-bit base), or null for a full fine-tune.", "trained"
+    )
     lora_r: int = knob(8, "LoRA rank.", "trained", ge=1)
     lora_alpha: int = knob(16, "LoRA scaling numerator.", "trained", ge=1)
     lora_dropout: float = knob(0.0, "Dropout on the LoRA path.", "trained", ge=0, le=1)
@@ -172,6 +312,44 @@ class Recipe(Strict):
     )
     weight_decay: float = knob(0.0, "Decoupled weight decay.", "trained", ge=0)
     logging_steps: int = knob(10, "Steps between metric reports to the run log (not part of any key).", ge=1)
+    save_steps: int = knob(
+        50, "Steps between checkpoints in the stage's work folder; a crashed run resumes from the last one.",
+        "trained", ge=1,
+    )
+
+    # method (docs/training.md). Names follow Axolotl: rl, rl_beta, trl.{num_generations, ...}.
+    rl: Literal["dpo", "kto", "grpo"] | None = knob(
+        None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers); null = supervised fine-tuning.",
+        "prepared", "trained",
+    )
+    rl_beta: float = knob(0.1, "DPO/KTO/GRPO beta: strength of the pull towards the reference model.", "trained", ge=0)
+    dpo_loss_type: list[str] = knob(
+        ["sigmoid"], "TRL DPO loss type(s), e.g. sigmoid, ipo, hinge, robust, apo_zero (several are summed).",
+        "trained", min_length=1,
+    )
+    trl: TrlConfig = knob(TrlConfig(), "GRPO settings (Axolotl's `trl:` section).", "trained")
+
+    # hardware and launch (docs/training.md, docs/gpu.md)
+    num_processes: int = knob(1, "Training processes (one per GPU; gloo processes on CPU).", "trained", ge=1)
+    accelerate_config: str | None = knob(
+        None, "Accelerate preset shipped with newt (single_gpu, multi_gpu, fsdp, deepspeed_zero2, deepspeed_zero3) "
+        "or a path to your own accelerate config YAML.", "trained",
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = knob(
+        "no", "Autocast precision for training (accelerate's --mixed_precision).", "trained"
+    )
+    bf16: bool = knob(False, "Load the base weights in bfloat16 (pure bf16 training; QLoRA compute dtype).", "trained")
+    tf32: bool = knob(False, "Allow TF32 matmuls (Ampere or newer GPUs only).", "trained")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = knob(
+        "sdpa", "Attention kernel; flash_attention_2 needs the `gpu` extra (pip install 'newt[gpu]').", "trained"
+    )
+    gradient_checkpointing: bool = knob(False, "Recompute activations in the backward pass to save memory.", "trained")
+    torch_compile: bool = knob(False, "Compile the model with torch.compile.", "trained")
+    schedule: str | None = knob(
+        None,
+        "Cron expression (UTC) for scheduled retraining, e.g. `0 3 * * 1`; each tick materializes the recipe's "
+        "stale or missing stages (unchanged stages are cache hits). Not part of any key.",
+    )
 
     merge: MergeConfig = knob(MergeConfig(), "Merge stage settings.", "merged")
     quantize: QuantizeConfig = knob(QuantizeConfig(), "Quantize stage settings.", "quantized")
@@ -179,6 +357,7 @@ class Recipe(Strict):
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -188,10 +367,35 @@ class Recipe(Strict):
     def source(self) -> str | None:
         return self._source
 
+    @property
+    def notes(self) -> list[str]:
+        """How Axolotl spellings in the file were read (`newt.axolotl`); `newt validate` prints them."""
+        return self._notes
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        # Five fields, as Dagster's cron schedules take them; the full check happens when the schedule is built.
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("expected a cron expression with 5 fields (minute hour day month weekday), "
+                             "e.g. '0 3 * * *' for 03:00 UTC daily")
+        return value
+
     @model_validator(mode="after")
     def _cross_field(self) -> Recipe:
         if self.chat_template == "jinja" and not self.chat_template_jinja:
             raise ValueError("chat_template is 'jinja' but chat_template_jinja is empty; set chat_template_jinja")
+        allowed = ["base", "merged", *self.quantize.variants()]
+        for variant in self.eval.models:
+            if variant not in allowed:
+                hint = difflib.get_close_matches(variant, allowed, n=1)
+                raise ValueError(
+                    f"eval.models: {variant!r} is not a model variant of this recipe; allowed: {', '.join(allowed)} "
+                    "(quantized_<method> needs the method in quantize.outputs)"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                )
+        if self.eval.baseline == "base" and self.eval.max_drop and "base" not in self.eval.models:
+            raise ValueError("eval.baseline is 'base' but eval.models does not evaluate 'base'; add it to eval.models")
         return self
 
 
@@ -232,12 +436,25 @@ def parse_recipe(text: str, *, source: str = "<recipe>", name: str = "recipe") -
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(source, [f"YAML syntax error at {where}{problem}; fix the YAML"]) from None
+    except RecursionError:
+        raise RecipeError(source, ["YAML nesting is too deep to read; fix the YAML"]) from None
+    except ValueError as exc:  # a plain scalar YAML resolves but cannot build, e.g. the date 2001-02-30
+        raise RecipeError(
+            source, [f"YAML value error: {exc}; quote the value (e.g. '2001-02-30') if it is meant as text"]
+        ) from None
     if not isinstance(data, dict):
         raise RecipeError(source, [f"expected a mapping of recipe keys at the top level, got {type(data).__name__}"])
+    from newt.axolotl import translate
+
+    # Axolotl-only keys: rewritten to their newt spelling, or each named in the error with the alternative.
+    data, problems, notes = translate(data)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(source, [_describe(err) for err in exc.errors()]) from None
+        raise RecipeError(source, problems + [_describe(err, data) for err in exc.errors()]) from None
+    if problems:
+        raise RecipeError(source, problems)
+    recipe._notes = notes
     recipe._name = name
     recipe._source = source
     return recipe
@@ -275,8 +492,26 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """`loc` without pydantic's union/validator tags (`list[str]`, `function-after[...]`), walking the input so
+    that a user's own key that merely looks like a tag (`"["`) is kept."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
+
+
+def _describe(err: dict[str, Any], data: Any = None) -> str:
+    loc = _user_loc(tuple(err["loc"]), data)
     where = key_path(loc)
     kind = err["type"]
     value = err.get("input")

@@ -1,26 +1,37 @@
-"""The `evaluation` stage: score each model variant on the held-out split, and the gates that judge the scores.
+"""The `evaluation` stage: score each model variant, and the gates that judge the scores.
 
-Metrics per variant (`base`, `merged`, `quantized`): `loss` (mean cross-entropy on the supervised tokens, teacher
-forced), `perplexity` (its exponential) and `exact_match` (greedy generation for the conversation minus its last
-assistant turn, compared with that turn after stripping whitespace). Gates (`eval.thresholds`) apply to the
-fine-tuned variants; they are evaluated on every materialization, cache hits included, so changing a threshold
-never needs a re-evaluation.
+Variants (`eval.models`): `base`, `merged`, `quantized` (the first quantize output) and `quantized_<method>` (each
+further output). Metrics per variant, all from the first `eval.max_samples` held-out rows of the prepared data:
+
+- `loss` (mean cross-entropy on the supervised tokens, teacher forced) and `perplexity` (its exponential);
+- from one greedy generation of the conversation's last assistant turn, compared with that turn after stripping
+  whitespace: `exact_match` (equal), `contains` (the reference appears in the output) and, when `eval.answer_regex`
+  is set, `regex_match` (the regex's first match in the output, group 1 if it has groups, equals the reference);
+- `<task>/<metric>` for each lm-evaluation-harness task in `eval.lm_eval_tasks` (run on the loaded model object,
+  so quantized variants are scored exactly as they load).
+
+Gates are pure functions of those numbers (`threshold_verdicts`, `regression_verdicts`, `retention_verdicts`); the
+asset layer runs them on every materialization, cache hits included, so changing a gate never re-evaluates.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from newt.config import EVAL_METRICS, Recipe
+from newt.config import Recipe, metric_direction
 from newt.pipeline import StageRun
 
-FINE_TUNED = ("merged", "quantized")
+Results = dict[str, dict[str, float]]  # {variant: {metric: value}}
 
 
-def load_variant(variant: str, run: StageRun):
+# --- scoring ---------------------------------------------------------------------------------------------------
+
+
+def load_variant(variant: str, run: StageRun) -> tuple[Any, Any]:
     from newt import models
     from newt.merge import model_dir
 
@@ -34,15 +45,28 @@ def load_variant(variant: str, run: StageRun):
         return models.load_model(folder, dtype="float32"), models.load_tokenizer(folder)
     from newt.quantize import load_quantized
 
-    return load_quantized(Path(run.upstream["quantized"]) / "model", recipe.quantize.method)
+    return load_quantized(Path(run.upstream[variant]) / "model")  # method read from its quantize.json
+
+
+def answer_scores(output: str, reference: str, answer_regex: str | None = None) -> dict[str, bool]:
+    """How one generated answer compares with the reference (both stripped of surrounding whitespace)."""
+    output, reference = output.strip(), reference.strip()
+    scores = {"exact_match": output == reference, "contains": reference in output}
+    if answer_regex is not None:
+        found = re.search(answer_regex, output)
+        extracted = (found.group(1) if found.re.groups else found.group(0)) if found else None
+        scores["regex_match"] = extracted is not None and extracted.strip() == reference
+    return scores
 
 
 def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template: str, batch_size: int = 32) -> dict:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    total_loss, total_tokens, correct = 0.0, 0, 0
+    total_loss, total_tokens = 0.0, 0
+    hits: dict[str, int] = {}
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
@@ -51,7 +75,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
             ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch])
             labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
             mask = (torch.arange(width)[None, :] < torch.tensor([len(r["input_ids"]) for r in batch])[:, None]).long()
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
             loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
             total_loss += float(loss)
@@ -62,19 +86,57 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
                 conv = json.loads(r["messages"])
                 prompts.append(tokenizer.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
                                                              add_generation_prompt=True))
-                answers.append(str(conv[-1]["content"]).strip())
+                answers.append(str(conv[-1]["content"]))
             enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             width = max(len(e) for e in enc)
-            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
-            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc]).to(device)
+            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc]).to(device)
             out = model.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=recipe.eval.max_new_tokens,
                                  do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
             for row_out, answer in zip(out[:, width:], answers):
-                text = tokenizer.decode(row_out, skip_special_tokens=True).strip()
-                correct += text == answer
+                text = tokenizer.decode(row_out, skip_special_tokens=True)
+                for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
+                    hits[name] = hits.get(name, 0) + int(ok)
     loss = total_loss / max(total_tokens, 1)
+    n = max(len(rows), 1)
     return {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4),
-            "exact_match": round(correct / max(len(rows), 1), 4), "rows": len(rows)}
+            **{name: round(count / n, 4) for name, count in hits.items()}, "rows": len(rows)}
+
+
+def lm_eval_scores(model: Any, tokenizer: Any, recipe: Recipe, batch_size: int = 8) -> dict[str, float]:
+    """lm-evaluation-harness tasks on an already loaded model: {`<task>/<metric>`: value}."""
+    try:
+        import lm_eval
+    except ImportError as exc:
+        raise ImportError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'newt[eval]' "
+                          "(lm-eval==0.4.13)") from exc
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    cfg = recipe.eval
+    include = str(Path(cfg.lm_eval_include_path).resolve()) if cfg.lm_eval_include_path else None
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+              device=str(next(model.parameters()).device))
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(cfg.lm_eval_tasks), limit=cfg.lm_eval_limit,
+                                  task_manager=TaskManager(include_path=include), log_samples=False,
+                                  bootstrap_iters=0, random_seed=recipe.seed, numpy_random_seed=recipe.seed,
+                                  torch_random_seed=recipe.seed, fewshot_random_seed=recipe.seed)
+    if out is None:  # only on non-zero ranks of a distributed run, which the stage never starts
+        raise RuntimeError("lm-eval returned no results")
+    return lm_eval_metrics(out["results"])
+
+
+def lm_eval_metrics(task_results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """lm-eval's `results` section → {`<task>/<metric>`: value}; the default `none` filter is dropped from the name,
+    other filters are kept (`exact_match_strict-match`); standard errors and aliases are left out."""
+    metrics = {}
+    for task, values in task_results.items():
+        for name, value in values.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or "_stderr" in name:
+                continue
+            metric, _, filt = name.partition(",")
+            metrics[f"{task}/{metric if filt in ('', 'none') else f'{metric}_{filt}'}"] = round(float(value), 5)
+    return metrics
 
 
 def build(run: StageRun) -> dict[str, Any]:
@@ -90,32 +152,150 @@ def build(run: StageRun) -> dict[str, Any]:
     for variant in recipe.eval.models:
         model, tokenizer = load_variant(variant, run)
         results[variant] = score(model, tokenizer, rows, recipe, templates.template_for(recipe, tokenizer))
+        if recipe.eval.lm_eval_tasks:
+            results[variant].update(lm_eval_scores(model, tokenizer, recipe))
         run.log(f"evaluation: {variant}: {results[variant]}")
     (Path(run.workdir) / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     return {"results": results}
 
 
-def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
+# --- presenting ----------------------------------------------------------------------------------------------
+
+
+def flat_metrics(results: Results) -> dict[str, float]:
+    """{`<variant>/<metric>`: value}: numeric metadata, so the UI plots each across materializations."""
     return {f"{variant}/{name}": value for variant, m in results.items() for name, value in m.items() if name != "rows"}
 
 
-def results_table(results: dict[str, dict]) -> str:
-    names = list(EVAL_METRICS)
+def unflatten(flat: dict[str, Any]) -> Results:
+    """The inverse of `flat_metrics` (for metrics read back from a previous materialization's metadata)."""
+    results: Results = {}
+    for name, value in flat.items():
+        variant, sep, metric = name.partition("/")
+        if sep and isinstance(value, (int, float)) and not isinstance(value, bool):
+            results.setdefault(variant, {})[metric] = float(value)
+    return results
+
+
+def results_table(results: Results) -> str:
+    names = list(dict.fromkeys(n for m in results.values() for n in m if n != "rows"))
     lines = ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {v} | " + " | ".join(str(m.get(n)) for n in names) + " |" for v, m in results.items()]
+    lines += [f"| {v} | " + " | ".join(str(m.get(n, "")) for n in names) + " |" for v, m in results.items()]
     return "\n".join(lines)
 
 
-def gates(results: dict[str, dict], thresholds: dict[str, float]) -> list[dict[str, Any]]:
-    """One verdict per (fine-tuned variant, threshold): exact_match is a minimum, loss/perplexity are maxima."""
+# --- gates ---------------------------------------------------------------------------------------------------
+
+
+def fine_tuned(results: Results) -> list[str]:
+    return [v for v in results if v != "base"]
+
+
+def quantized(results: Results) -> list[str]:
+    return [v for v in results if v == "quantized" or v.startswith("quantized_")]
+
+
+def _verdict(gate: str, variant: str, metric: str, value: float | None, passed: bool, text: str, **extra: Any) -> dict:
+    return {"gate": gate, "variant": variant, "metric": metric, "value": value, "passed": bool(passed),
+            "text": text, **extra}
+
+
+def threshold_verdicts(results: Results, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """One verdict per (fine-tuned variant, threshold): higher-is-better metrics need at least the threshold,
+    loss and perplexity at most."""
     verdicts = []
-    for variant in FINE_TUNED:
-        if variant not in results:
-            continue
+    for variant in fine_tuned(results):
         for metric, limit in thresholds.items():
-            value = results[variant][metric]
-            passed = value >= limit if EVAL_METRICS[metric] == "min" else value <= limit
-            op = ">=" if EVAL_METRICS[metric] == "min" else "<="
-            verdicts.append({"variant": variant, "metric": metric, "value": value, "threshold": limit,
-                             "passed": bool(passed), "text": f"{variant} {metric} = {value} (needs {op} {limit})"})
+            value = results[variant].get(metric)
+            if value is None:
+                verdicts.append(_verdict("threshold", variant, metric, None, False,
+                                         f"{variant} has no metric {metric} (is the task or regex set?)"))
+                continue
+            higher = metric_direction(metric) == "min"
+            passed = value >= limit if higher else value <= limit
+            verdicts.append(_verdict("threshold", variant, metric, value, passed,
+                                     f"{variant} {metric} = {value} (needs {'>=' if higher else '<='} {limit})",
+                                     threshold=limit))
     return verdicts
+
+
+def worsening(metric: str, value: float, reference: float) -> float:
+    """How much worse `value` is than `reference`, in the metric's units (negative = better)."""
+    return reference - value if metric_direction(metric) == "min" else value - reference
+
+
+def reference_metrics(baseline: str, results: Results, previous: Results | None) -> tuple[Results, str]:
+    """What `max_drop` compares each fine-tuned variant with, and a phrase naming it.
+
+    `previous`: the same variant in the previous (gate-passing) materialization; `base`: the base model of this run;
+    anything else: a JSON file of `{variant: {metric: value}}` or `{metric: value}` (then for every variant).
+    """
+    if baseline == "previous":
+        return (previous or {}), "the previous materialization"
+    if baseline == "base":
+        if "base" not in results:
+            raise ValueError("eval.baseline is 'base' but the base model was not evaluated; add base to eval.models")
+        return {v: results["base"] for v in fine_tuned(results)}, "the base model"
+    path = Path(baseline)
+    if not path.is_file():
+        raise ValueError(f"eval.baseline: {baseline!r} is neither 'previous', 'base' nor an existing JSON file of "
+                         "metrics; write one with {variant: {metric: value}} or {metric: value}")
+    data = json.loads(path.read_text())
+    if all(isinstance(v, dict) for v in data.values()):
+        return {v: {k: float(x) for k, x in m.items()} for v, m in data.items()}, f"baseline file {baseline}"
+    return {v: {k: float(x) for k, x in data.items()} for v in fine_tuned(results)}, f"baseline file {baseline}"
+
+
+def regression_verdicts(results: Results, reference: Results, max_drop: dict[str, float],
+                        reference_name: str = "the baseline") -> list[dict[str, Any]]:
+    """One verdict per (fine-tuned variant, metric in max_drop) that the reference has: worse by at most max_drop."""
+    verdicts = []
+    for variant in fine_tuned(results):
+        for metric, allowed in max_drop.items():
+            value, ref = results[variant].get(metric), reference.get(variant, {}).get(metric)
+            if value is None or ref is None:
+                continue
+            worse = round(worsening(metric, value, ref), 6)
+            verdicts.append(_verdict(
+                "regression", variant, metric, value, worse <= allowed + 1e-9,
+                f"{variant} {metric} = {value} vs {ref} in {reference_name}: worse by {worse} (allowed {allowed})",
+                reference=ref, worsening=worse, max_drop=allowed))
+    return verdicts
+
+
+def retention(metric: str, value: float, merged: float) -> float:
+    """quantized/merged for higher-is-better metrics, merged/quantized for loss and perplexity; 1.0 = no loss."""
+    num, den = (value, merged) if metric_direction(metric) == "min" else (merged, value)
+    if den == 0:
+        return 1.0 if num == 0 else math.inf
+    return num / den
+
+
+def retention_verdicts(results: Results, min_retention: dict[str, float]) -> list[dict[str, Any]]:
+    """One verdict per (quantized variant, metric in min_retention): keeps at least that share of merged's value."""
+    verdicts = []
+    for variant in quantized(results):
+        for metric, share in min_retention.items():
+            value, merged = results[variant].get(metric), results.get("merged", {}).get(metric)
+            if value is None or merged is None:
+                verdicts.append(_verdict("retention", variant, metric, value, False,
+                                         f"{variant} vs merged {metric}: needs both evaluated (add merged to "
+                                         "eval.models)"))
+                continue
+            kept = round(retention(metric, value, merged), 6)
+            verdicts.append(_verdict("retention", variant, metric, value, kept >= share - 1e-9,
+                                     f"{variant} {metric} = {value} vs merged {merged}: retains {kept} "
+                                     f"(needs >= {share})", merged=merged,
+                                     retention=kept if math.isfinite(kept) else None, min_retention=share))
+    return verdicts
+
+
+def gates(results: Results, recipe: Recipe, previous: Results | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every gate's verdicts, by gate kind (one asset check each): threshold, regression, retention."""
+    cfg = recipe.eval
+    reference, name = reference_metrics(cfg.baseline, results, previous) if cfg.max_drop else ({}, "")
+    return {
+        "threshold": threshold_verdicts(results, cfg.thresholds),
+        "regression": regression_verdicts(results, reference, cfg.max_drop, name),
+        "retention": retention_verdicts(results, cfg.min_retention),
+    }

@@ -30,9 +30,11 @@ STAGE_DEFS: dict[str, StageDef] = {
     s.name: s
     for s in (
         StageDef("dataset", (), ("newt.data", "newt.sources"), "Raw rows fetched from each source, with content versions."),
-        StageDef("prepared", ("dataset",), ("newt.prepare", "newt.masking", "newt.templates"),
+        StageDef("prepared", ("dataset",), ("newt.prepare", "newt.formats", "newt.packing", "newt.masking", "newt.templates",
+                                             "newt.preference"),
                  "Chat-templated, tokenized rows with loss masks, split into train and held-out."),
-        StageDef("trained", ("prepared",), ("newt.train",), "LoRA or full SFT run under accelerate."),
+        StageDef("trained", ("prepared",), ("newt.train", "newt.rewards"),
+                 "SFT (full, LoRA, QLoRA), DPO, KTO or GRPO run under accelerate."),
         StageDef("merged", ("trained",), ("newt.merge",), "Adapter merged into safetensors weights + tokenizer."),
         StageDef("quantized", ("merged",), ("newt.quantize", "newt.export", "newt.pipeline"), "Quantized/exported model that reloads."),
         StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate",),
@@ -44,9 +46,42 @@ assert tuple(STAGE_DEFS) == STAGES
 
 @dataclass
 class KeyInfo:
-    stage: str
+    stage: str  # the stage (store folder); a node `quantized_<method>` is a further output of `quantized`
     key: str
     inputs: dict[str, Any]
+
+
+# --- nodes: the six stages plus one node per further quantize output ----------------------------------------
+
+
+def stage_of(node: str) -> str:
+    """The stage a graph node belongs to: `quantized_<method>` is a further output of the `quantized` stage."""
+    return "quantized" if node.startswith("quantized_") else node
+
+
+def nodes(recipe: Recipe) -> tuple[str, ...]:
+    """Every node (= asset name) of a recipe's graph, in build order: the six stages, with one node per further
+    `quantize.outputs` entry right after `quantized` (the first output)."""
+    i = STAGES.index("quantized") + 1
+    extra = tuple(v for v in recipe.quantize.variants() if v != "quantized")
+    return STAGES[:i] + extra + STAGES[i:]
+
+
+def upstream_of(recipe: Recipe, node: str) -> tuple[str, ...]:
+    """Evaluation depends on the quantized outputs it evaluates (and always on prepared and merged)."""
+    if node == "evaluation":
+        return ("prepared", "merged", *(v for v in recipe.quantize.variants() if v in recipe.eval.models))
+    return STAGE_DEFS[stage_of(node)].upstream
+
+
+def node_fields(recipe: Recipe, node: str) -> dict[str, Any]:
+    """A node's recipe fields: its stage's tagged fields; a quantize output is keyed by its own method only, so
+    adding or reordering outputs never rebuilds the others."""
+    fields = stage_fields(recipe, stage_of(node))
+    if stage_of(node) == "quantized":
+        quantize = {k: v for k, v in fields.get("quantize", {}).items() if k != "outputs"}
+        fields = {**fields, "quantize": {**quantize, "method": recipe.quantize.variants()[node]}}
+    return fields
 
 
 def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -68,25 +103,30 @@ def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
         }
     if stage == "trained":
         return {"base_model_files": models.weights_digest(recipe.base_model)}
+    if stage == "evaluation" and recipe.eval.lm_eval_include_path:
+        from newt.cache import dir_digest
+
+        return {"lm_eval_task_files": dir_digest(recipe.eval.lm_eval_include_path)}
     return {}
 
 
-def plan(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> dict[str, KeyInfo]:
-    """Keys of the requested stages (and, necessarily, of everything upstream of them)."""
+def plan(recipe: Recipe, stages: tuple[str, ...] | None = None) -> dict[str, KeyInfo]:
+    """Keys of the requested nodes (default: all, `nodes(recipe)`) and, necessarily, of everything upstream."""
     out: dict[str, KeyInfo] = {}
+    stages = nodes(recipe) if stages is None else stages
 
-    def visit(stage: str) -> KeyInfo:
-        if stage not in out:
-            sdef = STAGE_DEFS[stage]
+    def visit(node: str) -> KeyInfo:
+        if node not in out:
+            stage = stage_of(node)
             inputs = {
                 "stage": stage,
-                "code_version": code_version(list(sdef.modules)),
-                "fields": stage_fields(recipe, stage),
-                "upstream": {u: visit(u).key for u in sdef.upstream},
+                "code_version": code_version(list(STAGE_DEFS[stage].modules)),
+                "fields": node_fields(recipe, node),
+                "upstream": {u: visit(u).key for u in upstream_of(recipe, node)},
                 "external": external_inputs(recipe, stage),
             }
-            out[stage] = KeyInfo(stage, compute_key(inputs), inputs)
-        return out[stage]
+            out[node] = KeyInfo(stage, compute_key(inputs), inputs)
+        return out[node]
 
     for s in stages:
         visit(s)
@@ -95,8 +135,8 @@ def plan(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> dict[str, KeyInfo]
 
 def asset_code_version(recipe: Recipe, stage: str) -> str:
     """What Dagster shows as the asset's code version: the stage's code plus its recipe fields."""
-    sdef = STAGE_DEFS[stage]
-    return compute_key({"code": code_version(list(sdef.modules)), "fields": stage_fields(recipe, stage)})[:16]
+    sdef = STAGE_DEFS[stage_of(stage)]
+    return compute_key({"code": code_version(list(sdef.modules)), "fields": node_fields(recipe, stage)})[:16]
 
 
 # --- running a stage -----------------------------------------------------------------------------------------
@@ -146,7 +186,8 @@ def _build_quantized(run: StageRun) -> dict[str, Any]:
     from newt.merge import model_dir
     from newt.quantize import quantize
 
-    return quantize(model_dir(run.upstream["merged"]), Path(run.workdir) / "model", run.recipe.quantize.method)
+    method = run.recipe.quantize.variants()[run.extra.get("node", "quantized")]
+    return quantize(model_dir(run.upstream["merged"]), Path(run.workdir) / "model", method)
 
 
 def run_stage(
@@ -158,20 +199,36 @@ def run_stage(
     log: Log = print,
     keys: dict[str, KeyInfo] | None = None,
 ) -> StageOutcome:
-    """Return the committed artifact for `stage` under the recipe's current key, building it on a miss."""
+    """Return the committed artifact for `stage` (a node: a stage or `quantized_<method>`) under the recipe's
+    current key, building it on a miss."""
     keys = keys or plan(recipe, (stage,))
     info = keys[stage]
+    node, stage = stage, info.stage
     found = store.lookup(stage, info.key)
     if found.status == "corrupt":
-        log(f"{stage}: artifact {found.uri} is corrupt ({found.reason}); rebuilding it")
+        log(f"{node}: artifact {found.uri} is corrupt ({found.reason}); rebuilding it")
     if not found.hit:
         with store.lock(stage, info.key):
             found = store.lookup(stage, info.key)  # another process may have built it while we waited
             if not found.hit:
-                upstream = {u: store.local_path(u, keys[u].key) for u in STAGE_DEFS[stage].upstream}
-                run = StageRun(recipe, stage, info.key, store.workdir(stage, info.key), upstream, launcher, log)
+                upstream = {u: store.local_path(keys[u].stage, keys[u].key) for u in upstream_of(recipe, node)}
+                run = StageRun(recipe, stage, info.key, store.workdir(stage, info.key), upstream, launcher, log,
+                               extra={"node": node})
                 metadata = builders()[stage](run)
-                found = store.commit(stage, info.key, run.workdir, info.inputs, metadata)
+                # The recipe's name goes into the manifest's metadata, never the key (a key must not depend on
+                # a file name): `newt plan` finds a recipe's previous artifact by it to say what changed.
+                meta = {**metadata, "recipe": recipe.name}
+                found = store.commit(stage, info.key, run.workdir, info.inputs, meta)
                 return StageOutcome(stage, info.key, found.uri, "miss", metadata, info.inputs)
     assert found.manifest is not None
-    return StageOutcome(stage, info.key, found.uri, "hit", found.manifest.get("metadata", {}), info.inputs)
+    metadata = {k: v for k, v in found.manifest.get("metadata", {}).items() if k != "recipe"}  # as on a miss
+    return StageOutcome(stage, info.key, found.uri, "hit", metadata, info.inputs)
+
+
+def missing_stages(recipe: Recipe, store: Store, keys: dict[str, KeyInfo] | None = None) -> list[str]:
+    """Stages with no committed artifact under their current key: what a scheduled run must build.
+
+    Keys chain, so a changed stage makes every downstream stage missing too; a stage that is a hit stays out.
+    """
+    keys = keys or plan(recipe)
+    return [s for s in nodes(recipe) if not store.lookup(keys[s].stage, keys[s].key).hit]

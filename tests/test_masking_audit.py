@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import masking_fixtures as F
-from newt.masking import Masker, audit, audit_problems, mask_preview_markdown
 from test_masking_families import CONV, NO_SYSTEM
+
+from newt.masking import Masker, audit, audit_markdown, audit_problems, mask_preview_markdown
 
 
 def _run(tok, convs, **settings):
@@ -69,7 +70,9 @@ def test_audit_settings_dict_builds_the_masker():
     tok = F.qwen25()
     out = Masker(tok, roles_to_train=["user"])([CONV])
     report = audit([CONV], out["input_ids"], out["labels"], tok, {"roles_to_train": ["user"]})
-    assert report["failures"] == [] and report["supervised_tokens_per_role"]["user"] == 4  # Hi, Again + 2 ends
+    assert (
+        report["failures"] == [] and report["supervised_tokens_per_role"]["user"] == 4
+    )  # Hi, Again + 2 ends
     # Auditing user masks against assistant settings shows the mismatch.
     report = audit([CONV], out["input_ids"], out["labels"], tok, {})
     assert report["failure_rate"] == 1.0
@@ -82,3 +85,13 @@ def test_preview_tells_trained_from_masked():
     assert "#### Row 0: 34 tokens, 6 supervised" in md and "Row 1" not in md
     assert "**Hello there&lt;\\|im\\_end\\|&gt;**" in md
     assert "`<|im_start|>assistant`⏎" in md
+
+
+def test_audit_markdown_has_the_role_table_and_failures():
+    spec = [{"role": "assistant", "start": "<|im_start|>", "end": "<|im_end|>"}]
+    report, _ = _run(F.qwen25(), [CONV], role_boundaries=spec)
+    md = audit_markdown(report)
+    # 5 turns: system Ċ Be brief . (5), user Ċ Hi (3), assistant Ċ Hello there (4), 3, 4 + 5 ends
+    assert "| assistant | 24 | 100.0% |" in md
+    assert "Audit: 1 of 1 checked rows fail (100.0%); 0 of 1 rows have no supervised token" in md
+    assert "Row 0:\n```\n2 trainable messages" in md

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 import masking_fixtures as F
+import pytest
+from test_masking_families import CONV, HELLO, IM_END, NO_SYSTEM, SURE, runs
+
 from newt.masking import (
     IGNORE_INDEX,
     Masker,
@@ -17,7 +18,6 @@ from newt.masking import (
     validate_role_boundaries,
 )
 from newt.masking.derive import derive_boundaries
-from test_masking_families import CONV, HELLO, IM_END, NO_SYSTEM, SURE, runs
 
 # Zephyr's documented format (HuggingFaceH4/zephyr-7b-beta model card, MIT): no built-in entry.
 ZEPHYR = (
@@ -49,7 +49,9 @@ def test_override_end_null_runs_to_end_of_row_and_include_flags():
     out = render_and_mask(NO_SYSTEM[:2], tok, role_boundaries=spec)
     # From the start marker to the end of the row: <|im_start|> assistant \n Hello there <|im_end|> \n
     assert runs(out["labels"]) == [[151644, 77091, 198] + HELLO + [IM_END, 198]]
-    spec = [{"role": "assistant", "start": "<|im_start|>assistant\n", "end": "<|im_end|>", "include_end": False}]
+    spec = [
+        {"role": "assistant", "start": "<|im_start|>assistant\n", "end": "<|im_end|>", "include_end": False}
+    ]
     assert runs(render_and_mask(NO_SYSTEM, tok, role_boundaries=spec)["labels"]) == [HELLO, SURE]
 
 
@@ -88,7 +90,7 @@ def test_marker_that_encodes_to_nothing_is_rejected():
 def test_derived_boundaries_for_a_template_without_builtin():
     tok = F.phi3()
     bs = boundaries_for(tok, chat_template=ZEPHYR)
-    ids = lambda s: tuple(F.ids(tok, s))  # noqa: E731
+    ids = lambda s: tuple(F.ids(tok, s))
     assert bs[:3] == [
         RoleBoundary("system", ids("<|system|>\n"), ids("<|endoftext|>")),
         RoleBoundary("user", ids("<|user|>\n"), ids("<|endoftext|>")),
@@ -102,20 +104,19 @@ def test_derived_boundaries_for_a_template_without_builtin():
 
 @pytest.mark.parametrize("tok", [F.qwen25, lambda: F.llama3("llama3")], ids=["chatml", "llama3"])
 def test_derivation_agrees_with_builtins(tok):
+    # Deriving from a template that does have a built-in entry must find the same markers.
     t = tok()
-    derived = derive_boundaries(t)
-    builtin = {b.role: b for b in boundaries_for(t)[::-1]}  # primary (first declared) per role
-    assert {b.role for b in derived} >= {"user", "assistant"}
-    for b in derived:
-        if b.role in builtin and len(b.start) == len(builtin[b.role].start):
-            assert (b.start, b.end) == (builtin[b.role].start, builtin[b.role].end)
+    builtin = [b for b in boundaries_for(t) if b.role in ("system", "user", "assistant")]
+    assert derive_boundaries(t) == builtin
 
 
 def test_failed_derivation_warns_and_trains_all_but_pad(caplog):
     tok = F.qwen25()
     bare = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     with caplog.at_level(logging.WARNING):
-        out = render_and_mask(NO_SYSTEM + [{"role": "assistant", "content": "<|endoftext|>"}], tok, chat_template=bare)
+        out = render_and_mask(
+            NO_SYSTEM + [{"role": "assistant", "content": "<|endoftext|>"}], tok, chat_template=bare
+        )
     assert "only pad and media tokens are masked; every other token contributes to loss" in caplog.text
     assert "role_boundaries" in caplog.text
     assert out["labels"][:-2] == out["input_ids"][:-2]

@@ -8,10 +8,19 @@ tokenizers (their special tokens appended to Qwen2.5's vocabulary, ids from 1516
 
 from __future__ import annotations
 
+import masking_fixtures as F
+import numpy as np
 import pytest
 
-import masking_fixtures as F
-from newt.masking import IGNORE_INDEX, Masker, MaskingError, boundaries_for, build_labels, detect_family, render_and_mask
+from newt.masking import (
+    IGNORE_INDEX,
+    Masker,
+    MaskingError,
+    boundaries_for,
+    build_labels,
+    detect_family,
+    render_and_mask,
+)
 
 CONV = [
     {"role": "system", "content": "Be brief."},
@@ -42,7 +51,7 @@ def runs(labels: list[int]) -> list[list[int]]:
 HELLO, SURE, IM_END = [9707, 1052], [39814, 3166], 151645
 
 
-@pytest.mark.parametrize("tok", [F.qwen25, F.qwen2vl], ids=["qwen2.5", "qwen2-vl"])
+@pytest.mark.parametrize("tok", [F.qwen25, F.qwen2vl, F.qwen25vl], ids=["qwen2.5", "qwen2-vl", "qwen2.5-vl"])
 def test_chatml_qwen_supervises_assistant_content_and_im_end(tok):
     out = render_and_mask(CONV, tok())
     assert detect_family(tok()).name == "chatml"
@@ -74,13 +83,14 @@ def test_masker_batch_equals_render_and_mask():
         one = render_and_mask(conv, tok, roles_to_train=["assistant", "user"])
         assert (batch["input_ids"][i], batch["labels"][i]) == (one["input_ids"], one["labels"])
     assert m.known_roles == ("system", "user", "assistant", "tool")
+    flat = np.array([t for r in batch["input_ids"] for t in r])
+    offsets = np.cumsum([0] + [len(r) for r in batch["input_ids"]])
+    assert m.label_flat(flat, offsets).tolist() == [t for r in batch["labels"] for t in r]
 
 
 def test_chatml_given_template_is_used_for_rendering():
     # A template passed in replaces the tokenizer's (here: plain ChatML without Qwen's default system).
-    chatml = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    )
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     out = render_and_mask(NO_SYSTEM, F.qwen25(), chat_template=chatml)
     assert out["input_ids"][:3] == [151644, 872, 198]  # <|im_start|> user \n
     assert runs(out["labels"]) == [HELLO + [IM_END], SURE + [IM_END]]
@@ -133,11 +143,15 @@ def test_llama32_vision_image_token_is_masked_inside_a_trained_turn():
     tok = F.llama3("llama3_2")
     # Llama 3.2 Vision writes <|image|> (128256) at the start of the user turn; here one also sits in an
     # assistant turn to show media is masked even inside trained spans.
-    conv = [{"role": "user", "content": "<|image|>What is it?"}, {"role": "assistant", "content": "A <|image|> cat"}]
+    conv = [
+        {"role": "user", "content": "<|image|>What is it?"},
+        {"role": "assistant", "content": "A <|image|> cat"},
+    ]
     out = render_and_mask(conv, tok)
     assert 128256 in out["input_ids"]
     spans = runs(out["labels"])
-    assert spans == [[32, 220], [8415, 128009]] or all(128256 not in s for s in spans)
+    # "A", "Ġ" | <|image|> masked | "Ġcat", <|eot_id|>
+    assert spans == [[32, 220], [8415, 128009]]
     assert all(lab == IGNORE_INDEX for t, lab in zip(out["input_ids"], out["labels"]) if t == 128256)
 
 
@@ -146,7 +160,12 @@ def test_llama32_vision_image_token_is_masked_inside_a_trained_turn():
 
 @pytest.mark.parametrize(
     ("tok", "family", "end_id"),
-    [(F.llama4, "llama4", 151669), (F.gemma3, "gemma", 151669), (F.gemma4, "gemma4", 151669), (F.phi3, "phi3", 151668)],
+    [
+        (F.llama4, "llama4", 151669),
+        (F.gemma3, "gemma", 151669),
+        (F.gemma4, "gemma4", 151669),
+        (F.phi3, "phi3", 151668),
+    ],
 )
 def test_faithful_families(tok, family, end_id):
     t = tok()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import masking_fixtures as F
-from newt.masking import Masker, audit, render_and_mask
 from test_masking_families import CONV, HELLO, IM_END, runs
+
+from newt.masking import Masker, audit, render_and_mask
 
 # Mistral v0.3-style template, written from the documented behaviour of Mistral-7B-Instruct-v0.3's
 # chat template: the system prompt is prepended to the LAST user message only, so it is silently

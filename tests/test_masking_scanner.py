@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newt.masking import MaskingError, RoleBoundary, build_labels, build_labels_batch
+from newt.masking.scanner import label_flat
 
 X = -100
 # Markers: 1 opens a user turn, 2 opens an assistant turn, 9 closes both.
@@ -91,7 +93,19 @@ def test_include_end_false_never_trains_end_and_resumes_at_it():
     bs = [RoleBoundary("user", [1], [2], include_end=False), RoleBoundary("assistant", [2], [9])]
     row = [0, 1, 5, 2, 6, 9, 1, 7, 2, 8, 9]
     assert build_labels(row, bs) == [X, X, X, X, 6, 9, X, X, X, 8, 9]
-    assert build_labels(row, bs, roles_to_train=["user"], train_on_eos="all") == [X, X, 5, X, X, 9, X, 7, X, X, 9]
+    assert build_labels(row, bs, roles_to_train=["user"], train_on_eos="all") == [
+        X,
+        X,
+        5,
+        X,
+        X,
+        9,
+        X,
+        7,
+        X,
+        X,
+        9,
+    ]
 
 
 def test_outside_spans_is_masked_and_undeclared_roles_too():
@@ -106,11 +120,23 @@ def test_pad_and_media_ids_are_masked_inside_trained_spans():
 
 def test_train_on_inputs_trains_everything_but_pad_and_media():
     row = [100, USER, 5, END, ASSISTANT, 50, 6, END, 60]
-    assert build_labels(row, B, train_on_inputs=True, ignore_ids=[50, 60]) == [100, USER, 5, END, ASSISTANT, X, 6, END, X]
+    assert build_labels(row, B, train_on_inputs=True, ignore_ids=[50, 60]) == [
+        100,
+        USER,
+        5,
+        END,
+        ASSISTANT,
+        X,
+        6,
+        END,
+        X,
+    ]
 
 
 def test_unknown_role_is_an_error_listing_known_roles():
-    with pytest.raises(MaskingError, match=r"'asistant' \(did you mean 'assistant'\?\).*known roles: user, assistant"):
+    with pytest.raises(
+        MaskingError, match=r"'asistant' \(did you mean 'assistant'\?\).*known roles: user, assistant"
+    ):
         build_labels([1], B, roles_to_train=["asistant"])
 
 
@@ -127,7 +153,12 @@ def test_empty_start_is_rejected():
 def test_rows_do_not_leak_into_each_other():
     # A marker split across two rows must not match; an open turn must not continue into the next row.
     bs = [RoleBoundary("assistant", [2, 3], [9])]
-    assert build_labels_batch([[0, 2], [3, 5, 9], [2, 3, 7], [8, 9]], bs) == [[X, X], [X, X, X], [X, X, 7], [X, X]]
+    assert build_labels_batch([[0, 2], [3, 5, 9], [2, 3, 7], [8, 9]], bs) == [
+        [X, X],
+        [X, X, X],
+        [X, X, 7],
+        [X, X],
+    ]
     assert build_labels_batch([], bs) == []
     assert build_labels_batch([[]], bs) == [[]]
 
@@ -146,7 +177,9 @@ def reference_labels(ids, boundaries, roles, train_on_eos, train_on_inputs, igno
         while i < n:
             best = None
             for b in boundaries:
-                if list(ids[i : i + len(b.start)]) == list(b.start) and (best is None or len(b.start) > len(best.start)):
+                if list(ids[i : i + len(b.start)]) == list(b.start) and (
+                    best is None or len(b.start) > len(best.start)
+                ):
                     best = b
             if best is None:
                 i += 1
@@ -203,7 +236,14 @@ boundary = st.builds(
 def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
     known = sorted({b.role for b in bs})
     roles = data.draw(st.lists(st.sampled_from(known), unique=True))
-    got = build_labels_batch(rows, bs, roles_to_train=roles, train_on_eos=eos, train_on_inputs=on_inputs, ignore_ids=ignore)
+    got = build_labels_batch(
+        rows, bs, roles_to_train=roles, train_on_eos=eos, train_on_inputs=on_inputs, ignore_ids=ignore
+    )
+    # The Arrow-layout entry gives the same labels.
+    flat = np.array([t for r in rows for t in r], dtype=np.int64)
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
+    assert label_flat(flat, offsets, bs, **kw).tolist() == [x for r in got for x in r]
     for row, labels in zip(rows, got):
         assert labels == reference_labels(row, bs, set(roles), eos, on_inputs, ignore)
         assert all(lab == X for lab in labels if lab in ignore) and all(

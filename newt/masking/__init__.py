@@ -3,7 +3,7 @@
 from newt.masking.audit import audit, audit_problems
 from newt.masking.boundaries import boundaries_for, detect_family, media_ids, validate_role_boundaries
 from newt.masking.masker import Masker, render_and_mask
-from newt.masking.preview import mask_preview_markdown
+from newt.masking.preview import audit_markdown, mask_preview_markdown
 from newt.masking.scanner import (
     IGNORE_INDEX,
     MaskingError,
@@ -19,6 +19,7 @@ __all__ = [
     "MaskingError",
     "RoleBoundary",
     "audit",
+    "audit_markdown",
     "audit_problems",
     "boundaries_for",
     "build_labels",

@@ -53,7 +53,11 @@ def audit(
     max_rows: int | None = DEFAULT_MAX_ROWS,
 ) -> dict:
     """Check the first `max_rows` rows (None: all); JSON-serialisable report, see `audit_problems`."""
-    masker = masker_or_settings if isinstance(masker_or_settings, Masker) else Masker(tokenizer, **masker_or_settings)
+    masker = (
+        masker_or_settings
+        if isinstance(masker_or_settings, Masker)
+        else Masker(tokenizer, **masker_or_settings)
+    )
     tok = text_tokenizer(tokenizer)
     n = len(input_ids) if max_rows is None else min(len(input_ids), max_rows)
     zero = [i for i, row in enumerate(labels) if all(t == IGNORE_INDEX for t in row)]
@@ -144,7 +148,9 @@ def _check_row(ids, labs, conv, turns, masker: Masker, roles: set[str], tok) -> 
     return problems
 
 
-def audit_problems(report: dict, *, max_failure_rate: float = 0.0, allow_zero_supervision: bool = False) -> list[str]:
+def audit_problems(
+    report: dict, *, max_failure_rate: float = 0.0, allow_zero_supervision: bool = False
+) -> list[str]:
     """Why a prepared dataset must be rejected (empty: it passes)."""
     problems = []
     if report["failure_rate"] > max_failure_rate:

@@ -27,16 +27,37 @@ DERIVE_FAILED_WARNING = (
 )
 _warned: set[str] = set()
 
-PROBE = {"u1": "newtprobeuserone", "a1": "newtprobeassistantone", "u2": "newtprobeusertwo",
-         "a2": "newtprobeassistanttwo", "s": "newtprobesystem"}
+PROBE = {
+    "u1": "newtprobeuserone",
+    "a1": "newtprobeassistantone",
+    "u2": "newtprobeusertwo",
+    "a2": "newtprobeassistanttwo",
+    "s": "newtprobesystem",
+}
 
 
 class _Fail(Exception):
     pass
 
 
-def _common_prefix(texts: list[str]) -> str:
-    return os.path.commonprefix(texts)
+def _common_prefix(tokenizer: Any, texts: list[str]) -> str:
+    """The longest common prefix of `texts` that ends on a token boundary in every one of them.
+
+    Character-level prefixes cut special tokens apart (`<|end|>` and `<|return|>` share `<|`);
+    a prefix of whole tokens cannot.
+    """
+    from newt.masking.boundaries import text_tokenizer
+
+    prefix = os.path.commonprefix(texts)
+    if not prefix:
+        return ""
+    tok = text_tokenizer(tokenizer)
+    cut = len(prefix)
+    for text in texts:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [0] + [e for _, e in enc["offset_mapping"]]
+        cut = min(cut, max(e for e in ends if e <= cut))
+    return prefix[:cut]
 
 
 def _render(tokenizer: Any, chat_template: str | None, messages: list[dict]) -> str:
@@ -69,21 +90,29 @@ def derive_specs(tokenizer: Any, chat_template: str | None = None) -> list[Marke
     conv = [msg("user", "u1"), msg("assistant", "a1"), msg("user", "u2"), msg("assistant", "a2")]
     _, s1, s2, s3, post_a = _cut(_render(tokenizer, chat_template, conv), ["u1", "a1", "u2", "a2"])
     post_u = _cut(_render(tokenizer, chat_template, conv[:3]), ["u1", "a1", "u2"])[-1]
-    end_a = _common_prefix([s2, post_a])
-    end_u = _common_prefix([s1, s3, post_u])
+    end_a = _common_prefix(tokenizer, [s2, post_a])
+    end_u = _common_prefix(tokenizer, [s1, s3, post_u])
+    # Whitespace between an end and the next start is glue; a start's trailing newline is its own.
     start_a, start_u = s1[len(end_u) :].lstrip(), s2[len(end_a) :].lstrip()
     end_a, end_u = end_a.strip(), end_u.strip()
-    if not (end_a and end_u and start_a and start_u):
-        raise _Fail("the turns are not separated by distinct start and end text")
-    specs = [MarkerSpec("user", start_u, end_u), MarkerSpec("assistant", start_a, end_a)]
+    if not (start_a.strip() and start_u.strip()):
+        raise _Fail("the turns are not opened by distinct start text")
+    # No end text of their own (DeepSeek, Metharme, Alpaca-style user turns): a turn ends where the
+    # next one starts, and the scan resumes there (include_end=False), as Mistral's [/INST] does.
+    closes_u = (end_u, True) if end_u else (start_a, False)
+    closes_a = (end_a, True) if end_a else (start_u, False)
+    specs = [
+        MarkerSpec("user", start_u, closes_u[0], include_end=closes_u[1]),
+        MarkerSpec("assistant", start_a, closes_a[0], include_end=closes_a[1]),
+    ]
     if "user" in start_u:
         start_s = start_u.replace("user", "system")
         try:
             pieces = _cut(_render(tokenizer, chat_template, [msg("system", "s")] + conv), ["s", "u1"])
         except _Fail:
             pieces = None
-        if pieces and pieces[0].endswith(start_s) and pieces[1].strip().startswith(end_u):
-            specs.insert(0, MarkerSpec("system", start_s, end_u))
+        if pieces and pieces[0].endswith(start_s) and pieces[1].strip().startswith(closes_u[0]):
+            specs.insert(0, MarkerSpec("system", start_s, closes_u[0], include_end=closes_u[1]))
     return specs
 
 
@@ -97,14 +126,20 @@ def derive_boundaries(tokenizer: Any, chat_template: str | None = None) -> list[
             boundaries = from_specs(tokenizer, specs, where="derived boundaries")
         except MaskingError as err:
             raise _Fail(str(err)) from err
-        # Check: masking the probe render must supervise exactly the assistant probes.
-        conv = [{"role": r, "content": PROBE[k]} for r, k in [("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")]]
+        # Check: masking the probe render must supervise exactly the probes of each role.
+        conv = [
+            {"role": r, "content": PROBE[k]}
+            for r, k in [("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")]
+        ]
         tok = text_tokenizer(tokenizer)
         ids = tok(_render(tokenizer, chat_template, conv), add_special_tokens=False)["input_ids"]
-        labels = build_labels(ids, boundaries, train_on_eos="none")
-        trained = tok.decode([t for t in labels if t >= 0])
-        if trained.replace(" ", "").replace("\n", "") != PROBE["a1"] + PROBE["a2"]:
-            raise _Fail(f"masking a probe conversation supervised {trained!r}, not the assistant replies")
+        for role, want in (("assistant", PROBE["a1"] + PROBE["a2"]), ("user", PROBE["u1"] + PROBE["u2"])):
+            labels = build_labels(ids, boundaries, roles_to_train=[role], train_on_eos="none")
+            trained = tok.decode([t for t in labels if t >= 0])
+            if tok.eos_token:  # a last turn that runs to the end of the row may train the EOS
+                trained = trained.replace(tok.eos_token, "")
+            if "".join(trained.split()) != want:
+                raise _Fail(f"masking a probe conversation supervised {trained!r} for role {role!r}")
         return boundaries
     except _Fail as err:
         message = DERIVE_FAILED_WARNING.format(why=err)

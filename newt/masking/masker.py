@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from newt.masking.boundaries import boundaries_for, media_ids, pad_ids, template_text, text_tokenizer
-from newt.masking.scanner import RoleBoundary, TrainOnEos, build_labels_batch, check_knobs, known_roles
+from newt.masking.scanner import (
+    RoleBoundary,
+    TrainOnEos,
+    build_labels_batch,
+    check_knobs,
+    known_roles,
+    label_flat,
+)
 
 # Llama 3.1/3.2 templates print today's date unless `date_string` is given; a pinned date keeps
 # renders (and so prepared-data cache keys) reproducible. 26 Jul 2024 is the templates' own fallback.
@@ -44,7 +53,10 @@ class Masker:
         if not self.boundaries:
             # No boundaries (derivation failed and warned): every token but pad and media is trained.
             self.train_on_inputs = True
-            self.roles_to_train = tuple(roles_to_train) if not isinstance(roles_to_train, str) else (roles_to_train,)
+            check_knobs([], (), train_on_eos)
+            self.roles_to_train = (
+                tuple(roles_to_train) if not isinstance(roles_to_train, str) else (roles_to_train,)
+            )
         else:
             self.roles_to_train = check_knobs(self.boundaries, roles_to_train, train_on_eos)
         # A pad id that is also a turn-end marker (pad_token = eos_token) is not masked by value: that
@@ -52,11 +64,17 @@ class Masker:
         # Padding added later is masked by the collator.
         markers = {t for b in self.boundaries for t in b.end}
         self.ignore_ids = tuple(
-            sorted(set(media_ids(tokenizer)) | {p for p in pad_ids(tokenizer) if p not in markers} | set(ignore_ids))
+            sorted(
+                set(media_ids(tokenizer))
+                | {p for p in pad_ids(tokenizer) if p not in markers}
+                | set(ignore_ids)
+            )
         )
 
     def render(self, conversations: Sequence[list[dict]]) -> list[str]:
-        kwargs = dict(tokenize=False, **self.template_kwargs)
+        # Only variables the template reads: processors treat any other keyword as a processor option.
+        used = {k: v for k, v in self.template_kwargs.items() if self.template and k in self.template}
+        kwargs = dict(tokenize=False, **used)
         if self.chat_template:
             kwargs["chat_template"] = self.chat_template
         return [self.tokenizer.apply_chat_template(c, **kwargs) for c in conversations]
@@ -68,6 +86,19 @@ class Masker:
         """Labels for already-tokenized rows (e.g. after a processor expanded the media tokens)."""
         return build_labels_batch(
             rows,
+            self.boundaries,
+            roles_to_train=self.roles_to_train if self.boundaries else (),
+            train_on_eos=self.train_on_eos,
+            train_on_inputs=self.train_on_inputs,
+            ignore_ids=self.ignore_ids,
+        )
+
+    def label_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Labels for rows in Arrow's list layout (values + offsets): no Python object per token, so
+        a `pyarrow.ListArray.from_arrays(offsets, labels)` column costs no conversion on the way out."""
+        return label_flat(
+            flat,
+            offsets,
             self.boundaries,
             roles_to_train=self.roles_to_train if self.boundaries else (),
             train_on_eos=self.train_on_eos,

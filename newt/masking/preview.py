@@ -9,7 +9,9 @@ from newt.masking.boundaries import text_tokenizer
 from newt.masking.scanner import IGNORE_INDEX
 
 LEGEND = "**bold** = supervised (contributes to loss) · `code` = masked (label -100) · ⏎ = newline"
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+_MD_SPECIAL = str.maketrans(
+    {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+)
 
 
 def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, list[int]]]:
@@ -36,7 +38,11 @@ def _render(text: str, trained: bool) -> str:
 
 
 def mask_preview_markdown(
-    input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], tokenizer: Any, rows: int = 3, max_tokens: int = 512
+    input_ids: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    tokenizer: Any,
+    rows: int = 3,
+    max_tokens: int = 512,
 ) -> str:
     """The first `rows` rows with supervised and masked text told apart at a glance."""
     tok = text_tokenizer(tokenizer)
@@ -50,3 +56,20 @@ def mask_preview_markdown(
         body = "".join(_render(tok.decode(seg), trained) for trained, seg in _segments(ids, labs))
         blocks.append(f"{head}\n\n{body}")
     return "\n\n".join(blocks)
+
+
+def audit_markdown(report: dict) -> str:
+    """The audit as markdown: supervised tokens per role, zero-supervision rows, failures."""
+    total = sum(report["supervised_tokens_per_role"].values()) or 1
+    lines = ["| role | supervised tokens | share |", "|---|---:|---:|"]
+    for role, n in sorted(report["supervised_tokens_per_role"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {role} | {n:,} | {n / total:.1%} |")
+    lines.append("")
+    lines.append(
+        f"Audit: {len(report['failures'])} of {report['rows_checked']} checked rows fail "
+        f"({report['failure_rate']:.1%}); {report['zero_supervision_rows']} of {report['rows_total']} rows "
+        f"have no supervised token; {report['dropped_message_count']} messages dropped by the template."
+    )
+    for f in report["failures"][:3]:
+        lines += ["", f"Row {f['row']}:", "```", f["diff"], "```"]
+    return "\n".join(lines)

@@ -218,9 +218,19 @@ def trained_spans(
     # A trainable turn is one interval (its end marker adjoins its content); the end marker of an
     # untrained turn ("all") is its own interval. Turns are disjoint and in order, so are these.
     start = np.where(trainable, np.where(inc_start, t.pos, t.content), t.end)
-    stop = np.where(eos, t.end_stop, np.where(trainable, t.end, t.end))
+    stop = np.where(eos, t.end_stop, t.end)
     sel = (trainable | eos) & (stop > start)
     return start[sel], stop[sel]
+
+
+def _isin(flat: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """`np.isin` for the handful of pad/media ids: one comparison pass per id is ~3x faster."""
+    if ids.size > 16:
+        return np.isin(flat, ids)
+    hit = np.zeros(flat.shape[0], dtype=bool)
+    for i in ids.tolist():
+        hit |= flat == i
+    return hit
 
 
 def _mask_from_spans(n: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
@@ -250,10 +260,12 @@ def label_flat(
     roles = check_knobs(boundaries, roles_to_train, train_on_eos)
     flat = np.asarray(flat, dtype=np.int64)
     offsets = np.asarray(offsets, dtype=np.int64)
-    keep = _mask_from_spans(flat.shape[0], *_spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs))
+    keep = _mask_from_spans(
+        flat.shape[0], *_spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs)
+    )
     ignore = np.fromiter({int(i) for i in ignore_ids}, dtype=np.int64)
     if ignore.size:
-        keep &= ~np.isin(flat, ignore)
+        keep &= ~_isin(flat, ignore)
     return np.where(keep, flat, IGNORE_INDEX)
 
 
@@ -283,15 +295,22 @@ def build_labels_batch(
     flat = np.frombuffer(buf, dtype=np.int64) if n else np.empty(0, dtype=np.int64)
     start, stop = _spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs)
     ignore = np.fromiter({int(i) for i in ignore_ids}, dtype=np.int64)
-    hits = np.flatnonzero(np.isin(flat, ignore)) if ignore.size else np.empty(0, dtype=np.int64)
+    hits = np.flatnonzero(_isin(flat, ignore)) if ignore.size else np.empty(0, dtype=np.int64)
     if hits.size and start.size:
         k = np.searchsorted(start, hits, side="right") - 1
         hits = hits[(k >= 0) & (hits < stop[np.maximum(k, 0)])]
     elif hits.size:
         hits = hits[:0]
     if hits.size * 8 > n:  # media-heavy trained rows: per-token fixes would be slower than numpy
-        labels = label_flat(flat, offsets, boundaries, roles_to_train=roles, train_on_eos=train_on_eos,
-                            train_on_inputs=train_on_inputs, ignore_ids=ignore.tolist()).tolist()
+        labels = label_flat(
+            flat,
+            offsets,
+            boundaries,
+            roles_to_train=roles,
+            train_on_eos=train_on_eos,
+            train_on_inputs=train_on_inputs,
+            ignore_ids=ignore.tolist(),
+        ).tolist()
         bounds = offsets.tolist()
         return [labels[bounds[r] : bounds[r + 1]] for r in range(len(rows))]
     row_of = np.searchsorted(offsets, start, side="right") - 1

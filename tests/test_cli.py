@@ -1,0 +1,119 @@
+"""The `newt` command line: run (in process, with progress and an honest exit code), plan, preview, validate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from newt.cli import diff_inputs, main, render_row
+from tiny_run import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
+NEWT = Path(sys.executable).with_name("newt")
+
+
+@pytest.fixture
+def run(monkeypatch):
+    result = tiny_run()
+    assert result.rc == 0, f"newt run failed:\n{result.stderr[-4000:]}"
+    for k, v in result.env().items():
+        monkeypatch.setenv(k, v)
+    return result
+
+
+def variant(run, tmp_path: Path, extra: str) -> Path:
+    """The session's recipe under the same name (tiny) with `extra` appended: same recipe, edited."""
+    path = tmp_path / run.recipe.name
+    path.write_text(run.recipe.read_text() + extra)
+    return path
+
+
+@pytest.mark.slow
+def test_newt_run_materializes_an_axolotl_style_file_with_progress(run) -> None:
+    err = run.stderr
+    for stage in ("dataset", "prepared", "trained", "merged", "quantized", "evaluation"):
+        assert f"✓ {stage}  miss" in err, stage
+        assert any(p.is_dir() for p in (run.store / stage).iterdir()), stage
+    assert "trained: step 3/3 loss=" in err  # the child's step lines, via Pipes, as progress
+    assert "✓ check eval_thresholds: passed" in err
+    assert "newt run tiny: ok in" in err
+
+
+@pytest.mark.slow
+def test_plan_says_hit_then_names_the_inputs_that_changed(run, tmp_path: Path, capsys) -> None:
+    assert main(["plan", str(run.recipe)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:2] for line in lines] == [[s, "hit"] for s in
+                                                   ("dataset", "prepared", "trained", "merged", "quantized",
+                                                    "evaluation")]
+
+    assert main(["plan", str(variant(run, tmp_path, "lora_r: 8\n"))]) == 0  # the file says lora_r: 4 earlier
+    out = capsys.readouterr().out
+    trained = out[out.index("\ntrained"):out.index("\nmerged")]
+    assert "miss" in trained and "fields.lora_r: 4 → 8" in trained
+    merged = out[out.index("\nmerged"):out.index("\nquantized")]
+    assert "upstream.trained: " in merged and "fields." not in merged
+    assert out.split("\n")[1].split()[:2] == ["dataset", "hit"]
+
+
+@pytest.mark.slow
+def test_run_exits_1_when_a_gate_fails_even_on_cache_hits(run, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("DAGSTER_HOME")  # an ephemeral instance: the shared run history stays green for the UI
+    strict = variant(run, tmp_path, "eval: {max_samples: 8, max_new_tokens: 8, thresholds: {exact_match: 1.01}}\n")
+    assert main(["run", str(strict), "--stages", "evaluation"]) == 1
+    err = capsys.readouterr().err
+    assert "✓ evaluation  hit" in err or "✗ evaluation" in err
+    assert "✗ check eval_thresholds: FAILED" in err
+    assert "FAILED" in err and "failed check(s): eval_thresholds" in err
+
+
+@pytest.mark.slow
+def test_preview_shows_trained_tokens(run, capsys) -> None:
+    assert main(["preview", str(run.recipe), "-n", "2", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "── row 0:" in out and "── row 1:" in out and "── row 2:" not in out
+    # the reversal task: only the assistant's answer and its end-of-turn marker are trained
+    assert "<|im_start|>assistant\n⟦" in out and "<|im_end|>⟧" in out
+    assert "⟦<|im_start|>user" not in out
+
+
+def test_render_row_colors_trained_and_masked_spans() -> None:
+    class Tok:
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    ids, labels = [0, 1, 2, 3], [-100, -100, 2, 3]
+    assert render_row(ids, labels, Tok(), color=False) == "ab⟦cd⟧"
+    assert render_row(ids, labels, Tok(), color=True) == "\x1b[2mab\x1b[0m\x1b[1m\x1b[32mcd\x1b[0m"
+
+
+def test_diff_inputs_names_changed_key_paths() -> None:
+    old = {"fields": {"lora_r": 8, "datasets": [{"path": "a"}]}, "external": {"sources": [{"version": "x"}]}}
+    new = {"fields": {"lora_r": 16, "datasets": [{"path": "a"}]}, "external": {"sources": [{"version": "y"}]}}
+    assert diff_inputs(old, new) == [("external.sources[0].version", "x", "y"), ("fields.lora_r", 8, 16)]
+    assert diff_inputs({"a": 1}, {"b": 1}) == [("a", 1, "<absent>"), ("b", "<absent>", 1)]
+
+
+def test_validate_is_a_console_script_and_reports_every_problem(tmp_path: Path) -> None:
+    ok = subprocess.run([str(NEWT), "validate", "recipes/examples/axolotl_style.yaml"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "note: lora_target_linear: True read as lora_target_modules: 'all-linear'" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_model: m\ndatasets: [{path: d}]\nlora_rr: 3\noutput_dir: ./out\n")
+    res = subprocess.run([str(NEWT), "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "2 problems" in res.stderr and "did you mean 'lora_r'" in res.stderr
+    assert "Axolotl key 'output_dir' is not supported by newt" in res.stderr
+
+
+def test_the_core_and_the_cli_module_never_import_dagster() -> None:
+    code = ("import sys, newt.cli, newt.config, newt.pipeline, newt.axolotl, newt.docgen; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,224 @@
+"""The Dagster UI in a real browser: `newt ui` serves a materialized tiny recipe, headless Chromium looks at it.
+
+Chromium is driven over the DevTools protocol from Python (`websockets`, which dagster-webserver already installs)
+rather than Playwright: no npm package, no browser download, and nothing to keep in step with Chromium's version.
+Screenshots go to bench/out/ui/ (git-ignored). Every process is stopped by its PID (../shared/ENVIRONMENT.md:
+Dagster handles SIGTERM like SIGINT, so the child gets both signals back to their defaults before exec).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tiny_run import tiny_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "bench" / "out" / "ui"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--window-size=1400,1000", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        message = "chromium is not installed (Debian: apt-get install -y chromium; .ci/run does it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " — required under CI=true")
+        pytest.skip("SKIPPED LOUDLY: " + message)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _default_signals() -> None:
+    # A child of a non-interactive shell or of pytest may inherit SIGINT as ignored; dagster dev needs both.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM by PID; dagster dev then stops its webserver, daemon and code server (≈2 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own session (start_new_session): its leftovers only
+            proc.wait(5)
+
+
+def graphql(port: int, query: str, timeout: float = 10) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol: navigate, read the page's text, take a screenshot."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=10)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params) -> dict:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=30))
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def text(self) -> str:
+        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
+                           returnByValue=True)
+        return result["result"].get("value", "")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def wait_for(self, *needles: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            time.sleep(0.5)
+        missing = [n for n in needles if n not in text]
+        raise AssertionError(f"page never showed {missing}; it showed:\n{text[:3000]}")
+
+    def click_text(self, label: str) -> bool:
+        """Click the first button or link whose text is `label` (the UI's own controls)."""
+        script = (
+            "(() => { const el = [...document.querySelectorAll('button, a, [role=tab], span')]"
+            f".find(e => e.innerText && e.innerText.trim() === {json.dumps(label)});"
+            " if (!el) return false; el.click(); return true; })()"
+        )
+        return bool(self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"))
+
+    def scroll_to_row(self, row_label: str) -> None:
+        """Bring the metadata table row whose key is `row_label` into view (for the screenshot)."""
+        script = (
+            "(() => { const row = [...document.querySelectorAll('tr')]"
+            f".find(r => r.cells.length && r.cells[0].innerText.trim() === {json.dumps(row_label)});"
+            " if (!row) return false; row.scrollIntoView({block: 'start'}); return true; })()"
+        )
+        assert self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"), row_label
+        time.sleep(0.5)
+
+    def screenshot(self, name: str) -> Path:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path = SHOTS / f"{name}.png"
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+
+@pytest.fixture
+def ui() -> Iterator[tuple[int, object]]:
+    """`newt ui` on a free loopback port over the session's materialized tiny recipe; stopped by PID."""
+    browser = chromium()  # before anything slow: fail or skip at once
+    run = tiny_run()
+    assert run.rc == 0, f"newt run failed:\n{run.stderr[-3000:]}"
+    port = free_port()
+    env = {**os.environ, **run.env()}
+    log = open(run.root / "dagster_dev.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "newt.cli", "ui", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_signals,
+                            start_new_session=True)
+    profile = tempfile.mkdtemp(prefix="newt-chromium-")
+    chrome = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
+                if len(nodes) >= 6:
+                    break
+            except (OSError, KeyError, TypeError, ValueError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dagster dev did not serve the recipe: {(run.root / 'dagster_dev.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        # The "Join the Dagster community" modal covers a localhost UI until dismissed (ENVIRONMENT.md).
+        assert "errors" not in graphql(port, "mutation { setNuxSeen }")
+        chrome = subprocess.Popen([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        active = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 20
+        while not active.exists() or not active.read_text().strip():
+            assert time.monotonic() < deadline and chrome.poll() is None, "chromium did not open DevTools"
+            time.sleep(0.2)
+        cdp_port = int(active.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{cdp_port}/json/list", timeout=10) as resp:
+            page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        tools.call("Page.enable")
+        yield port, tools
+        tools.ws.close()
+    finally:
+        if chrome is not None:
+            stop(chrome, timeout=10)
+        stop(proc)
+        log.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) -> None:
+    from definitions import build_definitions
+
+    port, tools = ui
+    base = f"http://127.0.0.1:{port}"
+    run = tiny_run()
+    checks = sorted(k.name for k in build_definitions(run.recipes).resolve_asset_graph().asset_check_keys)
+    assert checks, "the evaluation asset has gate checks"
+
+    # the recipe's asset group (file tiny.yml → group tiny): its six stages in the lineage graph
+    tools.goto(f"{base}/locations/newt/asset-groups/tiny")
+    tools.wait_for("Asset Group in", "dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    tools.screenshot("1-group-tiny")
+
+    # the prepared asset: its latest materialization's mask preview (markdown, rendered) and masking report
+    tools.goto(f"{base}/assets/tiny/prepared")
+    text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "supervised_tokens", "rows_train")
+    assert "assistant" in text
+    tools.scroll_to_row("mask_preview")
+    tools.screenshot("2-prepared-mask-preview")
+    tools.scroll_to_row("audit")
+    tools.screenshot("3-prepared-masking-report")
+
+    # the evaluation asset: metrics per model variant, and its checks with their results
+    tools.goto(f"{base}/assets/tiny/evaluation")
+    tools.wait_for("results", "merged/exact_match", "quantized/loss", "base/perplexity")
+    tools.scroll_to_row("results")
+    tools.screenshot("4-evaluation-metrics")
+    tools.goto(f"{base}/assets/tiny/evaluation?view=checks")
+    text = tools.wait_for(*checks, "Passed")
+    assert f"Checks ({len(checks)})" in text
+    tools.screenshot("5-evaluation-checks")
