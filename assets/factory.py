@@ -17,6 +17,8 @@ from resources.store import NewtStore
 # Stages that hold an accelerator while they run: Dagster's `gpu` pool lets one of them run at a time
 # (limit set in dagster.yaml).
 GPU_STAGES = ("trained", "merged", "quantized", "evaluation")
+# Stages that load the base model or tokenizer with the recipe's trust_remote_code.
+REMOTE_CODE_STAGES = ("prepared", "trained", "merged", "evaluation")
 # One blocking check per gate kind (newt.evaluate.gates), so the UI says which kind failed.
 GATE_CHECKS = {
     "threshold": ("eval_thresholds", "eval.thresholds: absolute limits on the fine-tuned variants"),
@@ -68,6 +70,8 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
 
         outcome = run_stage(recipe, stage, store.open(), launcher=launch, log=context.log.info)
         metadata, check_results = asset_metadata(outcome), None
+        if recipe.trust_remote_code and stage in REMOTE_CODE_STAGES:  # never silent: the model repo's code ran
+            metadata["trust_remote_code"] = True
         if stage == "evaluation":
             check_results = _gate_results(recipe, outcome, _previous_metrics(context.instance, key))
             metadata["gates_passed"] = all(r.passed for r in check_results)

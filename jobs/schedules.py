@@ -33,7 +33,9 @@ def recipe_schedules(recipe: Recipe) -> list[dg.ScheduleDefinition]:
 
         stages = missing_stages(recipe, store.open())
         if not stages:
-            return dg.SkipReason(f"every stage of {recipe.name} is committed under its current key; nothing to do")
+            return dg.SkipReason(
+                f"every stage of {recipe.name} is committed under its current key; nothing to do"
+            )
         context.log.info(f"{recipe.name}: stale or missing stages: {', '.join(stages)}")
         return dg.RunRequest(
             asset_selection=[dg.AssetKey([recipe.name, s]) for s in stages],

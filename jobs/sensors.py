@@ -41,11 +41,15 @@ def _source_sensor(recipe: Recipe, index: int) -> dg.SensorDefinition:
         current = {"kind": version["kind"], "version": version["version"]}
         previous = json.loads(context.cursor) if context.cursor else None
         if previous == current:
-            return dg.SkipReason(f"{key_path} ({spec.path}) unchanged: {current['kind']} {current['version']}")
+            return dg.SkipReason(
+                f"{key_path} ({spec.path}) unchanged: {current['kind']} {current['version']}"
+            )
         context.update_cursor(json.dumps(current, sort_keys=True))
         if previous is None:
-            return dg.SkipReason(f"first look at {key_path} ({spec.path}): recorded {current['kind']} "
-                                 f"{current['version']}; a later change starts {recipe.name}_job")
+            return dg.SkipReason(
+                f"first look at {key_path} ({spec.path}): recorded {current['kind']} "
+                f"{current['version']}; a later change starts {recipe.name}_job"
+            )
         return dg.RunRequest(
             run_key=f"{key_path}:{previous['version']}->{current['version']}",
             tags={"newt/trigger": "data", "newt/source": key_path},

@@ -21,8 +21,10 @@ from typing import Any
 
 _OFF = (None, False, "", [], {})
 
-_TRACKING = "experiment trackers are not integrated; per-step metrics go to the Dagster run log and the trained " \
-            "asset's metadata"
+_TRACKING = (
+    "experiment trackers are not integrated; per-step metrics go to the Dagster run log and the trained "
+    "asset's metadata"
+)
 _OUTPUT = "artifacts live in newt's content-addressed store (NEWT_STORE), one folder per stage key; remove it"
 _EVAL_DURING_TRAINING = "newt evaluates after training in the `evaluation` stage (eval.*); remove it"
 _DISTRIBUTED = "use `num_processes` and `accelerate_config` (presets fsdp, deepspeed_zero2, deepspeed_zero3)"
@@ -31,7 +33,7 @@ _DISTRIBUTED = "use `num_processes` and `accelerate_config` (presets fsdp, deeps
 UNSUPPORTED: dict[str, str] = {
     "output_dir": _OUTPUT,
     "dataset_prepared_path": "prepared data is cached in the store under a key of everything that shapes it "
-                             "(data content, tokenizer files, template, masking knobs); remove it",
+    "(data content, tokenizer files, template, masking knobs); remove it",
     "push_dataset_to_hub": "newt does not publish datasets; remove it",
     "hub_model_id": "newt does not push to the hub; publish the `merged` or `quantized` artifact yourself",
     "hub_strategy": "newt does not push to the hub; remove it",
@@ -139,7 +141,7 @@ AGREES: dict[str, tuple[Any, ...]] = {
 
 DATASET_UNSUPPORTED: dict[str, str] = {
     "conversation": "the fastchat `conversation` of the old sharegpt type is gone; use type chat_template with "
-                    "the recipe's chat_template",
+    "the recipe's chat_template",
     "chat_template": "one chat template per recipe: set chat_template at the top level",
     "shards": "not supported; select files with data_files instead",
     "shards_idx": "not supported; select files with data_files instead",
@@ -184,7 +186,9 @@ def _apply(
     unsupported: dict[str, str],
     where: str,
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    out: dict[str, Any] = {k: v for k, v in data.items() if k in known or k not in renames and k not in unsupported}
+    out: dict[str, Any] = {
+        k: v for k, v in data.items() if k in known or k not in renames and k not in unsupported
+    }
     problems: list[str] = []
     notes: list[str] = []
     for key, value in data.items():
@@ -196,14 +200,18 @@ def _apply(
                 if isinstance(new, dict) and isinstance(out.get(target), dict):
                     out[target] = {**out[target], **new}
                 elif target in out and out[target] != new:
-                    problems.append(f"{name}: Axolotl key means {where}{target}: {new!r}, but {where}{target} is "
-                                    f"also set to {out[target]!r}; keep one of them")
+                    problems.append(
+                        f"{name}: Axolotl key means {where}{target}: {new!r}, but {where}{target} is "
+                        f"also set to {out[target]!r}; keep one of them"
+                    )
                     continue
                 else:
                     out[target] = new
                 notes.append(f"{name}: {value!r} read as {where}{target}: {out[target]!r}")
             if not renames[key](value):
-                notes.append(f"{name}: {value!r} asks for nothing; newt's default applies (you can delete it)")
+                notes.append(
+                    f"{name}: {value!r} asks for nothing; newt's default applies (you can delete it)"
+                )
         elif key in unsupported:
             if any(value == v and type(value) is type(v) for v in AGREES.get(key, ())):
                 notes.append(f"{name}: {value!r} is what newt does; accepted (you can delete it)")
@@ -219,7 +227,11 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
     from newt.config import DatasetSpec, Recipe
 
     pre: list[str] = []
-    if data.get("load_in_4bit") is True and data.get("adapter") == "qlora" and "load_in_4bit" not in Recipe.model_fields:
+    if (
+        data.get("load_in_4bit") is True
+        and data.get("adapter") == "qlora"
+        and "load_in_4bit" not in Recipe.model_fields
+    ):
         # Axolotl's QLoRA spelling is the pair; newt's `adapter: qlora` already means the 4-bit base.
         data = {k: v for k, v in data.items() if k != "load_in_4bit"}
         pre.append("load_in_4bit: True is implied by adapter: qlora; accepted (you can delete it)")
@@ -232,12 +244,16 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
             if not isinstance(spec, dict):
                 fixed.append(spec)
                 continue
-            spec_out, p, n = _apply(spec, set(DatasetSpec.model_fields), DATASET_RENAMES, DATASET_UNSUPPORTED,
-                                    f"datasets[{i}].")
+            spec_out, p, n = _apply(
+                spec, set(DatasetSpec.model_fields), DATASET_RENAMES, DATASET_UNSUPPORTED, f"datasets[{i}]."
+            )
             if "message_property_mappings" in spec_out and "message_property_mappings" not in spec:
                 # a partial mapping from the old spellings keeps the default for the other half
-                spec_out["message_property_mappings"] = {"role": "role", "content": "content",
-                                                         **spec_out["message_property_mappings"]}
+                spec_out["message_property_mappings"] = {
+                    "role": "role",
+                    "content": "content",
+                    **spec_out["message_property_mappings"],
+                }
             fixed.append(spec_out)
             problems += p
             notes += n

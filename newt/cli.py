@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,9 @@ from typing import Any, TextIO
 
 from newt import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout holding definitions.py, assets/, jobs/, workspace.yaml
+ROOT = (
+    Path(__file__).resolve().parents[1]
+)  # the checkout holding definitions.py, assets/, jobs/, workspace.yaml
 
 
 def _store():
@@ -34,7 +37,9 @@ def _store():
     from newt.sources import resolve_storage_options
 
     options = json.loads(os.environ.get("NEWT_STORE_OPTIONS") or "{}")
-    return Store(os.environ.get("NEWT_STORE") or ".newt/store", resolve_storage_options(options, "NEWT_STORE_OPTIONS"))
+    return Store(
+        os.environ.get("NEWT_STORE") or ".newt/store", resolve_storage_options(options, "NEWT_STORE_OPTIONS")
+    )
 
 
 def _color(stream: TextIO, no_color: bool) -> bool:
@@ -48,7 +53,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from newt.config import load_recipe
 
     recipe = load_recipe(args.recipe)
-    print(f"{args.recipe}: ok (recipe {recipe.name}, base_model {recipe.base_model}, {len(recipe.datasets)} dataset(s))")
+    print(
+        f"{args.recipe}: ok (recipe {recipe.name}, base_model {recipe.base_model}, {len(recipe.datasets)} dataset(s))"
+    )
     for note in recipe.notes:  # how Axolotl spellings were read: accepted, never silently
         print(f"  note: {note}")
     return 0
@@ -168,11 +175,17 @@ def cmd_preview(args: argparse.Namespace) -> int:
         outcome = run_stage(recipe, stage, store, keys=keys, log=log)
         print(f"{stage}: {outcome.cache} {outcome.key}", file=sys.stderr)
     rows = load_prepared(store.local_path("prepared", keys["prepared"].key), args.split)
-    tok = text_tokenizer(models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
-                                               trust_remote_code=recipe.trust_remote_code))
+    tok = text_tokenizer(
+        models.load_tokenizer(
+            recipe.tokenizer_config or recipe.base_model, trust_remote_code=recipe.trust_remote_code
+        )
+    )
     color = _color(sys.stdout, args.no_color)
-    legend = (f"{BOLD}{GREEN}trained{RESET} · {DIM}masked (label -100){RESET}" if color
-              else "⟦trained⟧ · masked (label -100)")
+    legend = (
+        f"{BOLD}{GREEN}trained{RESET} · {DIM}masked (label -100){RESET}"
+        if color
+        else "⟦trained⟧ · masked (label -100)"
+    )
     print(f"recipe {recipe.name}, split {args.split}: {len(rows)} rows; legend: {legend}")
     for r in range(min(args.rows, len(rows))):
         ids, labels = list(rows[r]["input_ids"]), list(rows[r]["labels"])
@@ -225,7 +238,9 @@ class Progress:
             evaluation = data
             mark = "✓" if evaluation.passed else "✗"
             verdicts = evaluation.metadata.get("verdicts")
-            self._print(f"  {mark} check {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}")
+            self._print(
+                f"  {mark} check {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}"
+            )
             if verdicts is not None:
                 for line in str(verdicts.value).splitlines():
                     self._print(f"      {line}")
@@ -251,9 +266,14 @@ class Progress:
                 if self.bar is None:
                     from tqdm import tqdm
 
-                    self.bar = tqdm(total=self.recipe.max_steps, desc="  training", unit="step", file=self.stream)
+                    self.bar = tqdm(
+                        total=self.recipe.max_steps, desc="  training", unit="step", file=self.stream
+                    )
+                # the bar shows the loss; the full line (lr, grad norm, tokens/s) is in the run log
+                self.bar.set_postfix_str(
+                    " ".join(f for f in rest.split() if f.startswith("loss=")), refresh=False
+                )
                 self.bar.update(step - self.bar.n)
-                self.bar.set_postfix_str(rest)
             else:  # a log file gets one line per logging step
                 total = f"/{self.recipe.max_steps}" if self.recipe.max_steps else ""
                 self._print(f"  trained: step {step}{total} {rest}")
@@ -276,12 +296,13 @@ def _progress_logger(progress: Progress):
         def emit(self, record: logging.LogRecord) -> None:
             try:
                 progress.handle(record)
-            except Exception:  # progress display must never fail a run
+            except Exception:  # noqa: BLE001 - progress display must never fail a run
                 self.handleError(record)
 
     @dg.logger(description="newt CLI progress")
     def newt_progress(_init_context):
-        logger = logging.Logger("newt.cli.progress", level=logging.DEBUG)
+        # A private logger, not logging.getLogger(): its handler must not outlive this run or reach other loggers.
+        logger = logging.Logger("newt.cli.progress", level=logging.DEBUG)  # noqa: LOG001
         logger.addHandler(Handler())
         return logger
 
@@ -298,7 +319,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from definitions import build_definitions
-
     from newt.pipeline import nodes
 
     known = nodes(recipe)  # the six stages plus quantized_<method> for each further quantize output
@@ -312,14 +332,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
     job = defs.resolve_job_def(f"{recipe.name}_job").with_logger_defs({"newt": _progress_logger(progress)})
     selection = [dg.AssetKey([recipe.name, s]) for s in stages]
-    print(f"newt run {recipe.name}: {', '.join(stages)} → store {os.environ.get('NEWT_STORE') or '.newt/store'}",
-          file=sys.stderr)
+    print(
+        f"newt run {recipe.name}: {', '.join(stages)} → store {os.environ.get('NEWT_STORE') or '.newt/store'}",
+        file=sys.stderr,
+    )
     started = time.monotonic()
     # A persistent instance keeps the run in the UI's history; without DAGSTER_HOME the run is not recorded.
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
-        result = job.execute_in_process(run_config={"loggers": {"newt": {}}}, instance=instance,
-                                        raise_on_error=False, asset_selection=selection, tags={"newt/trigger": "cli"})
+        result = job.execute_in_process(
+            run_config={"loggers": {"newt": {}}},
+            instance=instance,
+            raise_on_error=False,
+            asset_selection=selection,
+            tags={"newt/trigger": "cli"},
+        )
     failed_checks = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     took = time.monotonic() - started
@@ -328,8 +355,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     what = [f"failed step(s): {', '.join(failed_steps)}"] if failed_steps else []
     what += [f"failed check(s): {', '.join(failed_checks)}"] if failed_checks else []
-    print(f"newt run {recipe.name}: FAILED in {took:.1f} s ({'; '.join(what) or 'see above'}; run {result.run_id})",
-          file=sys.stderr)
+    print(
+        f"newt run {recipe.name}: FAILED in {took:.1f} s ({'; '.join(what) or 'see above'}; run {result.run_id})",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -347,11 +376,25 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.recipes:
         env["NEWT_RECIPES"] = str(Path(args.recipes).resolve())
     dagster = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(ROOT / "workspace.yaml"),
-           "-h", "127.0.0.1", "-p", str(args.port)]
-    print(f"newt ui: http://127.0.0.1:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops it)",
-          file=sys.stderr)
+    cmd = [
+        str(dagster) if dagster.exists() else "dagster",
+        "dev",
+        "-w",
+        str(ROOT / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+    ]
+    print(
+        f"newt ui: http://127.0.0.1:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops it)",
+        file=sys.stderr,
+    )
     # Replace this process: Ctrl-C and SIGTERM then reach dagster dev itself, which shuts down its children.
+    # Both go back to their defaults first: started with `&` from a script, SIGINT arrives ignored, exec keeps it
+    # ignored, and dagster dev (which handles SIGTERM like SIGINT) would then not stop (../shared/ENVIRONMENT.md).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.chdir(ROOT)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
@@ -361,7 +404,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="newt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="newt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check a recipe")
     p.add_argument("recipe")

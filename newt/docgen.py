@@ -97,8 +97,11 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m newt.docgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m newt.docgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--check", action="store_true", help="fail if the file is out of date; write nothing")
     args = parser.parse_args(argv)
@@ -106,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     current = args.output.read_text(encoding="utf-8") if args.output.is_file() else None
     if args.check:
         if current != text:
-            print(f"{args.output} is out of date with newt/config.py; run `make docs` (python -m newt.docgen)",
-                  file=sys.stderr)
+            print(
+                f"{args.output} is out of date with newt/config.py; run `make docs` (python -m newt.docgen)",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.output} is up to date")
         return 0

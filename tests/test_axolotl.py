@@ -44,8 +44,14 @@ def test_the_shipped_axolotl_example_is_a_recipe_as_it_stands() -> None:
     assert recipe.lora_r == 16 and recipe.val_set_size == 0.05 and recipe.micro_batch_size == 32
     notes = "\n".join(recipe.notes)
     # nothing is dropped silently: every Axolotl-only key of the file is accounted for in a note
-    for key in ("model_type", "output_dir", "wandb_project", "lora_target_linear", "special_tokens",
-                "datasets[0].message_field_role"):
+    for key in (
+        "model_type",
+        "output_dir",
+        "wandb_project",
+        "lora_target_linear",
+        "special_tokens",
+        "datasets[0].message_field_role",
+    ):
         assert f"{key}: " in notes, key
 
 
@@ -55,17 +61,28 @@ def test_unsupported_axolotl_keys_fail_together_in_one_clear_list() -> None:
     problems = info.value.problems
     text = str(info.value)
     assert text.startswith("qlora.yml: 7 problems:")
-    for key in ("dataset_prepared_path", "output_dir", "pad_to_sequence_len", "wandb_project",
-                "special_tokens"):
-        assert any(p.startswith(f"{key}: Axolotl key {key!r} is not supported by newt: ") for p in problems), key
-    assert any(p.startswith("datasets[0].shards: Axolotl key 'shards' is not supported by newt") for p in problems)
+    for key in (
+        "dataset_prepared_path",
+        "output_dir",
+        "pad_to_sequence_len",
+        "wandb_project",
+        "special_tokens",
+    ):
+        assert any(
+            p.startswith(f"{key}: Axolotl key {key!r} is not supported by newt: ") for p in problems
+        ), key
+    assert any(
+        p.startswith("datasets[0].shards: Axolotl key 'shards' is not supported by newt") for p in problems
+    )
     assert "one folder per stage key" in text  # the reason and the alternative are named
     # a plain typo is still a typo, with its "did you mean"
     assert any(p.startswith("lora_rr: unknown key; did you mean 'lora_r'?") for p in problems)
     # accepted Axolotl keys (the Auto classes newt always uses, strict: false, load_in_4bit with qlora) are not
     assert not any(p.startswith(("model_type", "tokenizer_type", "strict", "load_in_4bit")) for p in problems)
-    with pytest.raises(RecipeError, match="load_in_4bit: Axolotl key 'load_in_4bit' is not supported by newt: "
-                                          "write `adapter: qlora`"):
+    with pytest.raises(
+        RecipeError,
+        match="load_in_4bit: Axolotl key 'load_in_4bit' is not supported by newt: write `adapter: qlora`",
+    ):
         parse_recipe("base_model: m\ndatasets: [{path: d}]\nadapter: lora\nload_in_4bit: true\n")
 
 
@@ -79,9 +96,14 @@ def test_each_unsupported_key_is_an_error_when_set_and_a_note_when_empty(key: st
 
 
 def test_renames_conflicting_with_an_explicit_newt_key_are_errors() -> None:
-    with pytest.raises(RecipeError, match="flash_attention: Axolotl key means attn_implementation: "
-                                          "'flash_attention_2', but attn_implementation is also set to 'eager'"):
-        parse_recipe("base_model: m\ndatasets: [{path: d}]\nattn_implementation: eager\nflash_attention: true\n")
+    with pytest.raises(
+        RecipeError,
+        match="flash_attention: Axolotl key means attn_implementation: "
+        "'flash_attention_2', but attn_implementation is also set to 'eager'",
+    ):
+        parse_recipe(
+            "base_model: m\ndatasets: [{path: d}]\nattn_implementation: eager\nflash_attention: true\n"
+        )
 
 
 def test_the_lists_never_shadow_a_key_newt_has() -> None:
@@ -102,6 +124,8 @@ def test_an_axolotl_yml_in_the_recipes_folder_is_an_asset_group(tiny_recipe_file
         "wandb_project:\noutput_dir:\n"
     )
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
-    groups = {defs.resolve_asset_graph().get(k).group_name for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    groups = {
+        defs.resolve_asset_graph().get(k).group_name for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
     assert groups == {"tiny", "axo"}
     assert {j.name for j in defs.jobs} == {"tiny_job", "axo_job"}

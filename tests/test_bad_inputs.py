@@ -280,6 +280,18 @@ CASES = [
     Case("template-file-missing",
          lambda e: e.materialize(e.recipe(chat_template="jinja", chat_template_jinja=str(e.tmp / "t.jinja"))),
          ValueError, r"chat_template_jinja: file '.*t\.jinja' not found", "give the template text"),
+    # --- preference and RL methods -------------------------------------------------------------------------------
+    Case("dpo-with-sft-rows", lambda e: e.materialize(e.recipe(rl="dpo")), ValueError,
+         r"datasets\[0\] \(.*reversal\.jsonl\) row 0: rl: dpo needs columns prompt, chosen, rejected",
+         "remove `rl` to fine-tune on them, or point datasets at preference data"),
+    Case("grpo-reward-not-importable",
+         lambda e: e.materialize(e.recipe(rl="grpo", trl={"reward_funcs": ["no_such_pkg.rewards.score"]}),
+                                 "trained"),
+         ValueError, r"trl\.reward_funcs: cannot import 'no_such_pkg\.rewards'", "make it importable"),
+    Case("grpo-reward-file-missing",
+         lambda e: e.materialize(e.recipe(rl="grpo", trl={"reward_funcs": [str(e.tmp / "rewards.py") + ":score"]}),
+                                 "trained"),
+         ValueError, r"trl\.reward_funcs: file '.*rewards\.py' not found", "give an existing .py file"),
     # --- models, quantization, the store ------------------------------------------------------------------------
     Case("base-model-path-missing",
          lambda e: e.materialize(e.recipe(base_model=str(e.tmp / "models" / "nope"))), FileNotFoundError,

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_run import tiny_run
 
 from newt.cli import diff_inputs, main, render_row
-from tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWT = Path(sys.executable).with_name("newt")
@@ -47,15 +47,15 @@ def test_newt_run_materializes_an_axolotl_style_file_with_progress(run) -> None:
 def test_plan_says_hit_then_names_the_inputs_that_changed(run, tmp_path: Path, capsys) -> None:
     assert main(["plan", str(run.recipe)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    assert [line.split()[:2] for line in lines] == [[s, "hit"] for s in
-                                                   ("dataset", "prepared", "trained", "merged", "quantized",
-                                                    "evaluation")]
+    assert [line.split()[:2] for line in lines] == [
+        [s, "hit"] for s in ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    ]
 
     assert main(["plan", str(variant(run, tmp_path, "lora_r: 8\n"))]) == 0  # the file says lora_r: 4 earlier
     out = capsys.readouterr().out
-    trained = out[out.index("\ntrained"):out.index("\nmerged")]
+    trained = out[out.index("\ntrained") : out.index("\nmerged")]
     assert "miss" in trained and "fields.lora_r: 4 → 8" in trained
-    merged = out[out.index("\nmerged"):out.index("\nquantized")]
+    merged = out[out.index("\nmerged") : out.index("\nquantized")]
     assert "upstream.trained: " in merged and "fields." not in merged
     assert out.split("\n")[1].split()[:2] == ["dataset", "hit"]
 
@@ -63,7 +63,9 @@ def test_plan_says_hit_then_names_the_inputs_that_changed(run, tmp_path: Path, c
 @pytest.mark.slow
 def test_run_exits_1_when_a_gate_fails_even_on_cache_hits(run, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.delenv("DAGSTER_HOME")  # an ephemeral instance: the shared run history stays green for the UI
-    strict = variant(run, tmp_path, "eval: {max_samples: 8, max_new_tokens: 8, thresholds: {exact_match: 1.01}}\n")
+    strict = variant(
+        run, tmp_path, "eval: {max_samples: 8, max_new_tokens: 8, thresholds: {exact_match: 1.01}}\n"
+    )
     assert main(["run", str(strict), "--stages", "evaluation"]) == 1
     err = capsys.readouterr().err
     assert "✓ evaluation  hit" in err or "✗ evaluation" in err
@@ -99,21 +101,38 @@ def test_diff_inputs_names_changed_key_paths() -> None:
 
 
 def test_validate_is_a_console_script_and_reports_every_problem(tmp_path: Path) -> None:
-    ok = subprocess.run([str(NEWT), "validate", "recipes/examples/axolotl_style.yaml"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [str(NEWT), "validate", "recipes/examples/axolotl_style.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "note: lora_target_linear: True read as lora_target_modules: 'all-linear'" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("base_model: m\ndatasets: [{path: d}]\nlora_rr: 3\noutput_dir: ./out\n")
-    res = subprocess.run([str(NEWT), "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(NEWT), "validate", str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 2
     assert "2 problems" in res.stderr and "did you mean 'lora_r'" in res.stderr
     assert "Axolotl key 'output_dir' is not supported by newt" in res.stderr
 
 
 def test_the_core_and_the_cli_module_never_import_dagster() -> None:
-    code = ("import sys, newt.cli, newt.config, newt.pipeline, newt.axolotl, newt.docgen; "
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, newt.cli, newt.config, newt.pipeline, newt.axolotl, newt.docgen; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode == 0, res.stderr

@@ -83,7 +83,7 @@ def race(tmp_path: Path, recipe_file: Path, root: str, stages: list[str], envs: 
 
 
 def write_recipe(tmp_path: Path) -> Path:
-    data = write_reversal_jsonl(tmp_path / "data" / "reversal.jsonl", n=400)  # prepare takes a moment
+    data = write_reversal_jsonl(tmp_path / "data" / "reversal.jsonl", n=200)
     recipe = tmp_path / "recipes" / "race.yaml"
     recipe.parent.mkdir(parents=True)
     recipe.write_text(yaml.safe_dump({"base_model": "builtin:tiny-llama", "datasets": [{"path": str(data)}],
@@ -136,8 +136,7 @@ def test_two_processes_on_an_object_store_leave_one_verified_artifact(s3_server,
     assert {e["path"].rsplit("/", 1)[-1] for e in found.manifest["files"]} | {"manifest.json", "_COMMITTED"} == listed
 
 
-@pytest.mark.parametrize("attempt", range(1))
-def test_local_lock_is_per_key(tmp_path: Path, attempt: int) -> None:
+def test_local_lock_is_per_key(tmp_path: Path) -> None:
     """A held lock on one key does not block another key (Axolotl's one lock for the whole cache did)."""
     store = Store(str(tmp_path / "store"))
     with store.lock("prepared", "a" * 32):

@@ -22,7 +22,9 @@ def requested_stages(result) -> list[str] | None:
     return [k.path[-1] for k in result.asset_selection]
 
 
-def test_a_recipe_without_schedule_gets_none_and_a_bad_cron_is_a_recipe_error(tiny_recipe_file, tmp_path) -> None:
+def test_a_recipe_without_schedule_gets_none_and_a_bad_cron_is_a_recipe_error(
+    tiny_recipe_file, tmp_path
+) -> None:
     defs = build_definitions(tiny_recipe_file().parent, NewtStore(root=str(tmp_path / "store")))
     assert not list(defs.schedules or [])
     assert [s.name for s in defs.sensors] == ["tiny_source_0_sensor"]
@@ -33,7 +35,9 @@ def test_a_recipe_without_schedule_gets_none_and_a_bad_cron_is_a_recipe_error(ti
 
 
 @pytest.mark.slow
-def test_schedule_requests_only_missing_stages_and_a_real_run_builds_them(tiny_recipe_file, tmp_path: Path) -> None:
+def test_schedule_requests_only_missing_stages_and_a_real_run_builds_them(
+    tiny_recipe_file, tmp_path: Path
+) -> None:
     store = NewtStore(root=str(tmp_path / "store"))
     recipe_file = tiny_recipe_file(extra=SCHEDULE)
     defs = build_definitions(recipe_file.parent, store)
@@ -67,7 +71,9 @@ def test_schedule_requests_only_missing_stages_and_a_real_run_builds_them(tiny_r
         assert requested_stages(changed(context)) == ["merged", "quantized", "evaluation"]
 
 
-def test_data_sensor_records_first_then_starts_the_job_on_a_new_version(tiny_recipe_file, tmp_path: Path) -> None:
+def test_data_sensor_records_first_then_starts_the_job_on_a_new_version(
+    tiny_recipe_file, tmp_path: Path
+) -> None:
     recipe_file = tiny_recipe_file()
     defs = build_definitions(recipe_file.parent, NewtStore(root=str(tmp_path / "store")))
     sensor = defs.resolve_sensor_def("tiny_source_0_sensor")

@@ -3,7 +3,7 @@
 Chromium is driven over the DevTools protocol from Python (`websockets`, which dagster-webserver already installs)
 rather than Playwright: no npm package, no browser download, and nothing to keep in step with Chromium's version.
 Screenshots go to bench/out/ui/ (git-ignored). Every process is stopped by its PID (../shared/ENVIRONMENT.md:
-Dagster handles SIGTERM like SIGINT, so the child gets both signals back to their defaults before exec).
+Dagster handles SIGTERM like SIGINT; `newt ui` sets both back to their defaults before it execs dagster dev).
 """
 
 from __future__ import annotations
@@ -24,14 +24,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tiny_run import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "bench" / "out" / "ui"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                  "--window-size=1400,1000", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1400,1000",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+]
 
 
 def chromium() -> str:
@@ -50,12 +59,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _default_signals() -> None:
-    # A child of a non-interactive shell or of pytest may inherit SIGINT as ignored; dagster dev needs both.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     """SIGTERM by PID; dagster dev then stops its webserver, daemon and code server (≈2 s)."""
     if proc.poll() is None:
@@ -68,8 +71,11 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def graphql(port: int, query: str, timeout: float = 10) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -94,8 +100,9 @@ class DevTools:
                 return reply.get("result", {})
 
     def text(self) -> str:
-        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                           returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True
+        )
         return result["result"].get("value", "")
 
     def goto(self, url: str) -> None:
@@ -119,7 +126,9 @@ class DevTools:
             f".find(e => e.innerText && e.innerText.trim() === {json.dumps(label)});"
             " if (!el) return false; el.click(); return true; })()"
         )
-        return bool(self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"))
+        return bool(
+            self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value")
+        )
 
     def scroll_to_row(self, row_label: str) -> None:
         """Bring the metadata table row whose key is `row_label` into view (for the screenshot)."""
@@ -128,7 +137,9 @@ class DevTools:
             f".find(r => r.cells.length && r.cells[0].innerText.trim() === {json.dumps(row_label)});"
             " if (!row) return false; row.scrollIntoView({block: 'start'}); return true; })()"
         )
-        assert self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"), row_label
+        assert self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"), (
+            row_label
+        )
         time.sleep(0.5)
 
     def screenshot(self, name: str) -> Path:
@@ -147,10 +158,16 @@ def ui() -> Iterator[tuple[int, object]]:
     assert run.rc == 0, f"newt run failed:\n{run.stderr[-3000:]}"
     port = free_port()
     env = {**os.environ, **run.env()}
-    log = open(run.root / "dagster_dev.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "newt.cli", "ui", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_signals,
-                            start_new_session=True)
+    log = open(run.root / "dagster_dev.log", "w")  # noqa: SIM115 - open for the server's lifetime, closed below
+    # `newt ui` resets SIGINT/SIGTERM to their defaults and execs dagster dev: this PID is dagster dev's.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newt.cli", "ui", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     profile = tempfile.mkdtemp(prefix="newt-chromium-")
     chrome = None
     try:
@@ -163,12 +180,18 @@ def ui() -> Iterator[tuple[int, object]]:
             except (OSError, KeyError, TypeError, ValueError):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"dagster dev did not serve the recipe: {(run.root / 'dagster_dev.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"dagster dev did not serve the recipe: {(run.root / 'dagster_dev.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         # The "Join the Dagster community" modal covers a localhost UI until dismissed (ENVIRONMENT.md).
         assert "errors" not in graphql(port, "mutation { setNuxSeen }")
-        chrome = subprocess.Popen([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        chrome = subprocess.Popen(
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         active = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 20
         while not active.exists() or not active.read_text().strip():
@@ -202,6 +225,7 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     # the recipe's asset group (file tiny.yml → group tiny): its six stages in the lineage graph
     tools.goto(f"{base}/locations/newt/asset-groups/tiny")
     tools.wait_for("Asset Group in", "dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    time.sleep(2)  # the nodes' materialization status arrives after their names
     tools.screenshot("1-group-tiny")
 
     # the prepared asset: its latest materialization's mask preview (markdown, rendered) and masking report
@@ -222,3 +246,13 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     text = tools.wait_for(*checks, "Passed")
     assert f"Checks ({len(checks)})" in text
     tools.screenshot("5-evaluation-checks")
+
+
+def test_a_missing_chromium_fails_under_ci_and_skips_loudly_elsewhere(monkeypatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="required under CI=true"):
+        chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="SKIPPED LOUDLY: chromium is not installed"):
+        chromium()

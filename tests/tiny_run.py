@@ -38,7 +38,11 @@ class TinyRun:
     stderr: str
 
     def env(self) -> dict[str, str]:
-        return {"NEWT_STORE": str(self.store), "DAGSTER_HOME": str(self.home), "NEWT_RECIPES": str(self.recipes)}
+        return {
+            "NEWT_STORE": str(self.store),
+            "DAGSTER_HOME": str(self.home),
+            "NEWT_RECIPES": str(self.recipes),
+        }
 
 
 _RUN: TinyRun | None = None
@@ -53,6 +57,7 @@ def tiny_run() -> TinyRun:
 
 def _materialize() -> TinyRun:
     from conftest import TINY_RECIPE
+
     from newt.cli import main
     from newt.synthetic import write_reversal_jsonl
 

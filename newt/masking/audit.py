@@ -129,6 +129,10 @@ def _check_row(ids, labs, conv, turns, masker: Masker, roles: set[str], tok) -> 
         b = masker.boundaries[t.boundary]
         lo = t.pos if b.include_start else t.content
         got = tok.decode([x for x in labs[lo : t.end] if x != IGNORE_INDEX])
+        if t.end_stop == t.end and tok.eos_token and got.rstrip().endswith(tok.eos_token):
+            # A turn without an end marker runs to the end of the row; the template's closing EOS
+            # is then supervised with it (templates whose turns end where the next one starts).
+            got = got.rstrip()[: -len(tok.eos_token)]
         want = message_text(m) or ""
         if normalise(got) != normalise(want):
             problems.append(

@@ -64,6 +64,13 @@ FAMILIES: tuple[Family, ...] = (
         "TRL's llama3*.jinja (Apache-2.0)",
     ),
     Family(
+        # Phi-4 is ChatML with <|im_sep|> between the role and the content; before plain ChatML.
+        "phi4",
+        ("<|im_start|>", "<|im_sep|>", "<|im_end|>"),
+        _headers("<|im_start|>{role}<|im_sep|>", "<|im_end|>", ("system", "user", "assistant", "tool")),
+        "microsoft/phi-4 tokenizer_config.json chat template (MIT)",
+    ),
+    Family(
         "chatml",
         ("<|im_start|>", "<|im_end|>"),
         _headers("<|im_start|>{role}\n", "<|im_end|>", ("system", "user", "assistant", "tool")),

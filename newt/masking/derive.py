@@ -83,11 +83,31 @@ def _cut(text: str, keys: list[str]) -> list[str]:
     return pieces
 
 
-def derive_specs(tokenizer: Any, chat_template: str | None = None) -> list[MarkerSpec]:
-    def msg(role: str, key: str) -> dict:
-        return {"role": role, "content": PROBE[key]}
+def _msg(role: str, key: str, parts: bool) -> dict:
+    text = PROBE[key]
+    return {"role": role, "content": [{"type": "text", "text": text}] if parts else text}
 
-    conv = [msg("user", "u1"), msg("assistant", "a1"), msg("user", "u2"), msg("assistant", "a2")]
+
+def _probe(parts: bool) -> list[dict]:
+    keys = [("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")]
+    return [_msg(r, k, parts) for r, k in keys]
+
+
+def derive_specs(
+    tokenizer: Any, chat_template: str | None = None, parts: bool | None = None
+) -> list[MarkerSpec]:
+    """Marker text per role. `parts=None` tries string contents, then (for templates that only
+    render content parts, e.g. Idefics3/SmolVLM) `[{"type": "text", ...}]` contents."""
+    if parts is None:
+        try:
+            return derive_specs(tokenizer, chat_template, parts=False)
+        except _Fail:
+            return derive_specs(tokenizer, chat_template, parts=True)
+
+    def msg(role: str, key: str) -> dict:
+        return _msg(role, key, parts)
+
+    conv = _probe(parts)
     _, s1, s2, s3, post_a = _cut(_render(tokenizer, chat_template, conv), ["u1", "a1", "u2", "a2"])
     post_u = _cut(_render(tokenizer, chat_template, conv[:3]), ["u1", "a1", "u2"])[-1]
     end_a = _common_prefix(tokenizer, [s2, post_a])
@@ -127,12 +147,14 @@ def derive_boundaries(tokenizer: Any, chat_template: str | None = None) -> list[
         except MaskingError as err:
             raise _Fail(str(err)) from err
         # Check: masking the probe render must supervise exactly the probes of each role.
-        conv = [
-            {"role": r, "content": PROBE[k]}
-            for r, k in [("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("assistant", "a2")]
-        ]
+        try:
+            text = _render(tokenizer, chat_template, _probe(False))
+            if PROBE["u1"] not in text:
+                raise _Fail("string contents dropped")
+        except _Fail:
+            text = _render(tokenizer, chat_template, _probe(True))
         tok = text_tokenizer(tokenizer)
-        ids = tok(_render(tokenizer, chat_template, conv), add_special_tokens=False)["input_ids"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         for role, want in (("assistant", PROBE["a1"] + PROBE["a2"]), ("user", PROBE["u1"] + PROBE["u2"])):
             labels = build_labels(ids, boundaries, roles_to_train=[role], train_on_eos="none")
             trained = tok.decode([t for t in labels if t >= 0])
