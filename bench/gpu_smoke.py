@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def random_llama(folder: Path) -> Path:
+def random_llama(folder: Path, hidden: int = 768, layers: int = 12, intermediate: int = 2560) -> Path:
     """≈100M parameters: 12 layers × (4·768² attention + 3·768·2560 MLP) ≈ 99M + embeddings, random init."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -35,8 +35,9 @@ def random_llama(folder: Path) -> Path:
     from newt.models import load_tokenizer
 
     tok = load_tokenizer("builtin:tiny-llama")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2560, num_hidden_layers=12,
-                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=4096,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=4096,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mask_speed import load_conversations, qwen25_tokenizer  # noqa: E402
+from mask_speed import load_conversations, qwen25_tokenizer
 
 VOCAB = 4096
 
@@ -61,7 +61,7 @@ def main() -> None:
                                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=cap,
                                          attn_implementation="sdpa"))
     model.train()
-    fold = lambda xs: [x % VOCAB if x >= 0 else x for x in xs]  # noqa: E731
+    fold = lambda xs: [x % VOCAB if x >= 0 else x for x in xs]
     padded_c = DataCollatorForLanguageModeling(pad_token_id=0)
     packed_c = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
     rng = np.random.default_rng(0)

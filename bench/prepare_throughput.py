@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # the floor's batched c
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mask_speed import load_conversations, qwen25_tokenizer  # noqa: E402
+from mask_speed import load_conversations, qwen25_tokenizer
 
 
 def best(fn, repeat: int) -> tuple[float, object]:

@@ -82,6 +82,6 @@ def pack_dataset(ds: Any, lengths: np.ndarray, capacity: int, *, seed: int, num_
         num_proc=num_proc if num_proc > 1 and len(members) > 2000 else None,
         new_fingerprint=fingerprint, cache_file_name=f"{cache_dir}/packed.arrow", load_from_cache_file=False,
     )
-    info = {"rows": int(len(lengths)), "bins": len(bins), "capacity": capacity,
+    info = {"rows": len(lengths), "bins": len(bins), "capacity": capacity,
             "fill": round(fill(lengths, bins, capacity), 4)}
     return packed, info

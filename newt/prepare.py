@@ -50,15 +50,6 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
     )
 
 
-def fit_length(ids: list[int], labels: list[int], recipe: Recipe) -> tuple[list[int], list[int]] | None:
-    """Apply `sequence_len` and `excess_length_strategy`; None means the row is dropped."""
-    if len(ids) <= recipe.sequence_len:
-        return ids, labels
-    if recipe.excess_length_strategy == "drop":
-        return None
-    return ids[: recipe.sequence_len], labels[: recipe.sequence_len]
-
-
 def features(dedup: bool):
     import datasets
 
@@ -104,7 +95,7 @@ class RowProcessor:
                      for row, i in zip(rows, indices)]
             try:
                 out = self.masker(convs)
-            except Exception as exc:  # the template refused a conversation (e.g. raise_exception on alternation)
+            except Exception as exc:  # noqa: BLE001 - a template may raise anything; _template_error names the row
                 raise self._template_error(convs, indices, exc) from None
             all_ids, all_labels = out["input_ids"], out["labels"]
             messages = [json.dumps(c, ensure_ascii=False) for c in convs]
@@ -147,7 +138,7 @@ class RowProcessor:
         for conv, i in zip(convs, indices):
             try:
                 self.masker.render([conv])
-            except Exception as row_exc:
+            except Exception as row_exc:  # noqa: BLE001 - whatever the template raised, for this row
                 return PrepareError(
                     f"{self.key_path} ({self.spec.path}) row {i}: the chat template refused this conversation "
                     f"({type(row_exc).__name__}: {row_exc}); fix the row (e.g. merge consecutive turns of one role "
@@ -234,7 +225,7 @@ def build(run: StageRun) -> dict[str, Any]:
         merged = datasets.concatenate_datasets(parts)
         status = column(merged, "status")
         counts = {
-            "rows_in": int(len(status)),
+            "rows_in": len(status),
             "too_long": int((status == TOO_LONG).sum()),
             "truncated": int(column(merged, "truncated").sum()),
             "zero_supervision_as_written": int((status == ZERO_AS_WRITTEN).sum()),
@@ -275,7 +266,7 @@ def build(run: StageRun) -> dict[str, Any]:
         splits = {"train": train, "validation": validation} if n_val else {"train": train}
         datasets.DatasetDict(splits).save_to_disk(str(Path(run.workdir) / "data"))
 
-    report["counts"] = {**counts, "rows_kept": int(len(keep))}
+    report["counts"] = {**counts, "rows_kept": len(keep)}
     report["tokens"] = int(lengths[keep].sum())
     report["supervised_tokens"] = int(supervised[keep].sum())
     (Path(run.workdir) / "masking.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))

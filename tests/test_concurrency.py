@@ -64,7 +64,7 @@ def race(tmp_path: Path, recipe_file: Path, root: str, stages: list[str], envs: 
             [sys.executable, "-c", CHILD, str(recipe_file), root, str(keys_file), str(go), ",".join(stages)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        )  # fmt: skip
+        )
         for env in envs or [{}, {}]
     ]
     deadline = time.monotonic() + 120
@@ -144,10 +144,10 @@ def test_local_lock_is_per_key(tmp_path: Path) -> None:
             "import sys; from newt.cache import Store; s = Store(sys.argv[1]);\n"
             "with s.lock('prepared', 'b' * 32): print('got b')"
         )
-        done = subprocess.run([sys.executable, "-c", code, store.root], capture_output=True, text=True, timeout=60,
+        done = subprocess.run([sys.executable, "-c", code, store.root], check=False, capture_output=True, text=True, timeout=60,
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         assert done.stdout.strip() == "got b", done.stderr
         code = code.replace("'b' * 32", "'a' * 32").replace("got b", "got a")
         with pytest.raises(subprocess.TimeoutExpired):
-            subprocess.run([sys.executable, "-c", code, store.root], capture_output=True, timeout=5, cwd=ROOT,
+            subprocess.run([sys.executable, "-c", code, store.root], check=False, capture_output=True, timeout=5, cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip

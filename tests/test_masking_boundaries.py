@@ -121,3 +121,24 @@ def test_failed_derivation_warns_and_trains_all_but_pad(caplog):
     assert "role_boundaries" in caplog.text
     assert out["labels"][:-2] == out["input_ids"][:-2]
     assert out["labels"][-2] == IGNORE_INDEX  # <|endoftext|> is Qwen's pad token
+
+
+def test_derived_turns_that_end_where_the_next_starts():
+    # DeepSeek-R1-Distill's own template: <｜User｜>u<｜Assistant｜>a<｜end▁of▁sentence｜> -- the user turn
+    # has no end marker, so it ends where <｜Assistant｜> (128012) opens the next turn, like Mistral's [/INST].
+    tok = F.deepseek_r1_distill()
+    m = Masker(tok, roles_to_train=["user", "assistant"])
+    assert [(b.role, b.start, b.end, b.include_end) for b in m.boundaries] == [
+        ("user", (128011,), (128012,), False),
+        ("assistant", (128012,), (128001,), True),
+    ]
+    out = m([CONV])
+    # "Hi" (13347), "Hello there" (9906 1070) <｜end▁of▁sentence｜> (128001), "Again", "Sure thing" + EOS;
+    # the system prompt, written bare after BOS, is in no turn and stays masked.
+    assert runs(out["labels"][0]) == [[13347], [9906, 1070, 128001], [31485], [40914, 3245, 128001]]
+
+
+def test_phi4_chatml_with_im_sep():
+    tok = F.phi4()
+    out = render_and_mask(CONV, tok)
+    assert runs(out["labels"]) == [HELLO + [IM_END], SURE + [IM_END]]  # <|im_sep|> is not trained

@@ -250,3 +250,35 @@ def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
             lab == X for t, lab in zip(row, labels) if t in ignore
         )
         assert all(lab in (X, t) for t, lab in zip(row, labels))
+
+
+# `build_labels` turns each row into a str (one character per id); ids that are not code points
+# (negative, surrogates are fine, > 0x10FFFF) or not plain ints take a fallback path. Same labels.
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.lists(token, max_size=30), min_size=1, max_size=3),
+    bs=st.lists(boundary, min_size=1, max_size=4),
+    eos=st.sampled_from(["turn", "all", "last", "none"]),
+    on_inputs=st.booleans(),
+    ignore=st.sets(token, max_size=2),
+    shift=st.sampled_from([0xD800 - 3, 0x10FFFF - 3, 2**40, -3]),
+    noise=st.sampled_from([None, -1, 0x110000, 2**33]),
+    kind=st.sampled_from([list, tuple, np.array]),
+    data=st.data(),
+)
+def test_ids_outside_code_points_agree_with_reference(
+    rows, bs, eos, on_inputs, ignore, shift, noise, kind, data
+):
+    roles = data.draw(st.lists(st.sampled_from(sorted({b.role for b in bs})), unique=True))
+    bs = [
+        RoleBoundary(
+            b.role, [t + shift for t in b.start], [t + shift for t in b.end], b.include_start, b.include_end
+        )
+        for b in bs
+    ]
+    rows = [[t + shift for t in r] + ([noise] if noise is not None else []) for r in rows]
+    ignore = {t + shift for t in ignore}
+    kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
+    expected = [reference_labels(r, bs, set(roles), eos, on_inputs, ignore) for r in rows]
+    assert build_labels_batch([kind(r) for r in rows], bs, **kw) == expected
+    assert [build_labels(kind(r), bs, **kw) for r in rows] == expected

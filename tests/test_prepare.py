@@ -78,7 +78,7 @@ def test_several_datasets_keep_their_own_masking_knobs(tmp_path: Path) -> None:
 
 
 def test_shuffle_is_deterministic_by_seed(tmp_path: Path, data: Path) -> None:
-    order = lambda dd: [json.loads(m)[0]["content"] for m in dd["train"]["messages"]]  # noqa: E731
+    order = lambda dd: [json.loads(m)[0]["content"] for m in dd["train"]["messages"]]
     a = order(prepared(tmp_path, [data], "seed: 1\n", store="s1")[1])
     b = order(prepared(tmp_path, [data], "seed: 1\n", store="s2")[1])
     c = order(prepared(tmp_path, [data], "seed: 2\n", store="s3")[1])
@@ -149,7 +149,7 @@ def test_dataset_num_proc_does_not_change_the_output(tmp_path: Path, data: Path,
     one, _ = prepared(tmp_path, [data], "dataset_num_proc: 1\nval_set_size: 4\n", store="a")
     two, _ = prepared(tmp_path, [data], "dataset_num_proc: 2\nval_set_size: 4\n", store="b")
     assert one.key == two.key  # not in the key ...
-    files = lambda o: {p.relative_to(o.uri).as_posix(): p.read_bytes()  # noqa: E731
+    files = lambda o: {p.relative_to(o.uri).as_posix(): p.read_bytes()
                        for p in sorted(Path(o.uri).rglob("*")) if p.is_file() and p.name != "manifest.json"
                        and p.name != "_COMMITTED"}
     assert files(one) == files(two)  # ... because the bytes are the same

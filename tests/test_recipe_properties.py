@@ -41,7 +41,7 @@ values = st.recursive(
         st.lists(inner, max_size=3),
         st.dictionaries(st.one_of(st.sampled_from(TOP_KEYS + ["path", "role", "start"]), st.text(max_size=6)),
                         inner, max_size=4),
-    ),  # fmt: skip
+    ),
     max_leaves=12,
 )
 keys = st.one_of(st.sampled_from(TOP_KEYS), st.text(min_size=1, max_size=10))

@@ -32,6 +32,12 @@ UNSAFE = {
 }
 
 
+def test_the_recipe_loader_is_pyyaml_safe_loader() -> None:
+    import newt.config
+
+    assert issubclass(newt.config.UniqueKeyLoader, yaml.SafeLoader)
+
+
 def test_yaml_tags_that_would_run_code_are_refused(tmp_path: Path) -> None:
     sentinel = tmp_path / "ran"
     for text in (f'!!python/object/apply:os.system ["touch {sentinel}"]\n',
@@ -144,4 +150,5 @@ def test_templates_render_in_the_jinja_sandbox() -> None:
 def test_recipe_yaml_round_trips_through_safe_dump() -> None:
     # The child reads the resolved recipe back with yaml.safe_load / json: nothing in it needs an unsafe tag.
     recipe = parse_recipe("base_model: builtin:tiny-llama\ndatasets: [{path: data.jsonl}]\n")
-    assert Recipe.model_validate(yaml.safe_load(yaml.safe_dump(recipe.model_dump(mode="json")))) == recipe
+    data = recipe.model_dump(mode="json")
+    assert Recipe.model_validate(yaml.safe_load(yaml.safe_dump(data))).model_dump(mode="json") == data

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from tiny_run import tiny_run
 
 from definitions import build_definitions
 from newt.config import load_recipe
@@ -34,41 +35,54 @@ def test_a_recipe_without_schedule_gets_none_and_a_bad_cron_is_a_recipe_error(
         load_recipe(tiny_recipe_file(name="bad", extra="schedule: weekly\n"))
 
 
+def tick(schedule: dg.ScheduleDefinition, store: NewtStore, instance: dg.DagsterInstance):
+    with dg.build_schedule_context(instance=instance, resources={"store": store}) as context:
+        return schedule(context)
+
+
 @pytest.mark.slow
-def test_schedule_requests_only_missing_stages_and_a_real_run_builds_them(
-    tiny_recipe_file, tmp_path: Path
-) -> None:
-    store = NewtStore(root=str(tmp_path / "store"))
-    recipe_file = tiny_recipe_file(extra=SCHEDULE)
-    defs = build_definitions(recipe_file.parent, store)
+def test_schedule_requests_only_missing_stages_and_a_real_run_builds_them(tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    run = tiny_run()  # the session's tiny recipe, materialized once by `newt run` (tests/tiny_run.py)
+    assert run.rc == 0, run.stderr[-3000:]
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    recipe_file = recipes / run.recipe.name  # same recipe (tiny), now with a schedule
+    recipe_file.write_text(run.recipe.read_text() + SCHEDULE)
+
+    defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "empty")))
     schedule = defs.resolve_schedule_def("tiny_retrain_schedule")
     assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "tiny_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    instance = dg.DagsterInstance.ephemeral()
-
-    def tick():
-        with dg.build_schedule_context(instance=instance, resources={"store": store}) as context:
-            return schedule(context)
-
-    first = tick()
-    assert requested_stages(first) == ALL  # nothing built yet: everything is missing
+    first = tick(schedule, NewtStore(root=str(tmp_path / "empty")), instance)
+    assert requested_stages(first) == ALL  # nothing built in an empty store: everything is missing
     assert first.tags["newt/trigger"] == "schedule"
 
-    # the real run a tick launches: the recipe's job, restricted to the requested assets
-    job = defs.resolve_job_def("tiny_job")
-    result = job.execute_in_process(instance=instance, asset_selection=first.asset_selection, tags=first.tags)
-    assert result.success
-    assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == set(ALL)
+    # the built world, unchanged: the tick plans (seconds) and skips
+    store = NewtStore(root=str(run.store))
+    unchanged = tick(schedule, store, instance)
+    assert isinstance(unchanged, dg.SkipReason) and "nothing to do" in unchanged.skip_message
 
-    # an unchanged world: the tick plans (seconds) and skips
-    second = tick()
-    assert isinstance(second, dg.SkipReason) and "nothing to do" in second.skip_message
-
-    # a changed merge dtype: only `merged` and what is downstream of it are stale
+    # a changed merge dtype: only `merged` and what is downstream of it are stale ...
     recipe_file.write_text(recipe_file.read_text() + "merge: {dtype: bfloat16}\n")
-    changed = build_definitions(recipe_file.parent, store).resolve_schedule_def("tiny_retrain_schedule")
-    with dg.build_schedule_context(instance=instance, resources={"store": store}) as context:
-        assert requested_stages(changed(context)) == ["merged", "quantized", "evaluation"]
+    defs = build_definitions(recipes, store)
+    changed = tick(defs.resolve_schedule_def("tiny_retrain_schedule"), store, instance)
+    assert requested_stages(changed) == ["merged", "quantized", "evaluation"]
+
+    # ... and the real run that tick launches (the recipe's job, restricted to those assets) builds just them
+    job = defs.resolve_job_def("tiny_job")
+    result = job.execute_in_process(
+        instance=instance, asset_selection=changed.asset_selection, tags=changed.tags
+    )
+    assert result.success
+    built = {
+        e.asset_key.path[-1]: e.materialization.metadata["cache"].value
+        for e in result.get_asset_materialization_events()
+    }
+    assert built == {"merged": "miss", "quantized": "miss", "evaluation": "miss"}
+    assert isinstance(
+        tick(defs.resolve_schedule_def("tiny_retrain_schedule"), store, instance), dg.SkipReason
+    )
 
 
 def test_data_sensor_records_first_then_starts_the_job_on_a_new_version(

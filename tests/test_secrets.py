@@ -80,6 +80,9 @@ def test_env_credentials_appear_in_no_output(s3_server, tmp_path: Path, monkeypa
         "the training child's log lines are among the searched events"
     assert len([n for n in named if n.startswith("store/")]) > 20
     assert holders([secret, key_id], named) == {secret: [], key_id: []}
+    # Safe defaults (tests/test_safe_defaults.py): a whole run writes weights as safetensors only, never pickles.
+    pickled = [n for n in named if n.startswith("store/") and n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    assert pickled == [] and any(n.endswith(".safetensors") for n in named if n.startswith("store/merged/"))
     # botocore's own DEBUG records print the Authorization header, whose SigV4 `Credential=` names the access key
     # ID (AWS's public half of the pair); the secret is never in them.
     assert secret not in caplog.text

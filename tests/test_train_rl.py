@@ -152,10 +152,17 @@ def test_builtin_and_user_rewards(tmp_path: Path) -> None:
         resolve("newt.rewards:nope")
 
 
-def test_example_recipes_load() -> None:
-    root = Path(__file__).resolve().parents[1] / "recipes" / "examples"
-    dpo, grpo = load_recipe(root / "dpo.yaml"), load_recipe(root / "grpo.yaml")
-    assert dpo.rl == "dpo" and grpo.rl == "grpo" and grpo.trl.reward_weights == [1.0, 0.1]
+@pytest.mark.parametrize("name", ["dpo", "grpo"])
+def test_example_recipes_prepare(name: str, tmp_path: Path, monkeypatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # example paths are relative to the repository root
+    recipe = load_recipe(root / "recipes" / "examples" / f"{name}.yaml")
+    meta, rows = prepared_rows(recipe, tmp_path / "store")
+    assert recipe.rl == name and meta["rows_train"] + meta["rows_validation"] == {"dpo": 5, "grpo": 4}[name]
+    if name == "dpo":
+        assert all(r["prompt"].endswith("<|im_start|>assistant\n") and r["chosen"] != r["rejected"] for r in rows)
+    else:
+        assert recipe.trl.reward_weights == [1.0, 0.1] and all(r["answer"] for r in rows)
 
 
 def test_implicit_prompt_pairs_are_split_at_the_last_turn(tiny_recipe_file, tmp_path: Path) -> None:

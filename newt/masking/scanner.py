@@ -3,12 +3,17 @@
 This module decides loss masking for every path (text and multimodal); everything else in
 `newt.masking` only finds the boundaries and checks the result. The scan is sequential by nature
 (a start marker inside a turn's content is content, not a new turn), but only the marker matches
-are visited in Python: matching, span filling and pad/media masking run in numpy over a whole batch.
+matter. `label_flat` (and `scan`, which the audit uses) runs in numpy over a whole batch in Arrow's
+list layout; `build_labels` / `build_labels_batch` (Python lists in and out) run one compiled regex
+per row over the row as a str, so Python only visits the trained turns.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import re
+import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,6 +274,239 @@ def label_flat(
     return np.where(keep, flat, IGNORE_INDEX)
 
 
+# --- per-row scanner on Python lists ----------------------------------------------------------------
+#
+# `build_labels` / `build_labels_batch` take and return Python lists, so converting every token to and
+# from numpy would cost more than the scan. Instead each row becomes a str with one character per token
+# (C-speed: list -> array('I') -> UTF-32 decode; ids that are not code points fall back to a per-row
+# alphabet of the marker and ignore ids), and one compiled regex (`_compile`) walks the turns with the
+# scanner's exact semantics. Python sees one match per labelled turn and copies its trained span with
+# one slice assignment; pad/media ids are found with a C-speed `in` per id and masked run by run.
+
+
+_IDS_TYPECODE = next((c for c in "IL" if array(c).itemsize == 4), None)
+_decode_utf32 = codecs.utf_32_le_decode if sys.byteorder == "little" else codecs.utf_32_be_decode
+_MAX_CHAR = 0x10FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything a labelling call needs that depends only on its arguments (cached per arguments)."""
+
+    boundaries: tuple[RoleBoundary, ...]  # also keeps alive the objects whose ids key the cache
+    roles: frozenset
+    train_on_eos: str
+    train_on_inputs: bool
+    ignore: tuple[int, ...]
+    direct: tuple | None  # _compile(...) with chr(id) as the alphabet; None: ids can't all be chars
+
+
+def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str]) -> tuple:
+    """(turn regex, actions, ignore (char, run regex) pairs) for one alphabet (`char`: token id -> one character).
+
+    At a position the winner is the longest start marker that matches there (the first declared
+    among identical ones), so the boundaries are ordered longest first and duplicates dropped.
+    Turns that label something ("yielding": trainable, or with train_on_eos="all" one whose end
+    marker is trained) each end one match. The others are consumed inside the match that follows,
+    by a possessive loop that stops where a yielding boundary wins (a yielding start matches and no
+    longer consumed one does) or at the end of the row, so Python sees only the labelled turns.
+
+    Each match's `lastindex` says which boundary opened the turn and whether its end was found, and
+    so which group spans the trained tokens; the last group marks the end of the row.
+    """
+    ign = tuple((c, re.compile(re.escape(c) + "+")) for c in sorted({char[t] for t in ignore if t in char}))
+    order, seen = [], set()
+    for i in sorted(range(len(boundaries)), key=lambda i: (-len(boundaries[i].start), i)):
+        if boundaries[i].start not in seen:  # an identical later start can never win
+            seen.add(boundaries[i].start)
+            order.append(boundaries[i])
+
+    def yields(b: RoleBoundary) -> bool:
+        return b.role in roles or (train_on_eos == "all" and b.include_end and bool(b.end))
+
+    ys = [b for b in order if yields(b)]
+    if not ys:
+        return None, ([0], None), ign
+    us = [b for b in order if not yields(b)]
+
+    def text(seq: tuple[int, ...]) -> str:
+        return re.escape("".join(char[t] for t in seq))
+
+    def body(b: RoleBoundary) -> str:  # the content: up to the first end marker, or the row's end
+        if not b.end:
+            return r"[\s\S]*+"
+        e0 = re.escape(char[b.end[0]])
+        if len(b.end) == 1:
+            return f"[^{e0}]*+"
+        return f"(?:[^{e0}]++|{e0}(?!{text(b.end[1:])}))*+"
+
+    consumed = [
+        text(b.start) + body(b) + (f"(?:{text(b.end)})?" if b.end and b.include_end else "") for b in us
+    ]
+    firsts = re.escape("".join(sorted({char[b.start[0]] for b in order})))
+    # A yielding start wins where it matches unless a longer consumed start matches there too, which
+    # then begins with it.
+    wins = "|".join(
+        text(y.start)
+        + "".join(f"(?!{text(u.start[len(y.start) :])})" for u in us if u.start[: len(y.start)] == y.start)
+        for y in ys
+    )
+    # Tokens that cannot open a turn are skipped in one step; elsewhere, unless a yielding start wins,
+    # a consumed turn or a single token.
+    loop = f"(?:[^{firsts}]++|(?!{wins})(?:" + "".join(f"{c}|" for c in consumed) + f"[{firsts}]))*+"
+    # Groups per yielding turn: T spans exactly its trained tokens (start marker if include_start,
+    # content, and the end marker where train_on_eos trains it), E is its end marker. `spans` maps a
+    # match's `lastindex` to the group to copy (0: none); `recs` (train_on_eos="last") to 1 where it is
+    # the found end marker of a trainable turn, 2 where that marker is never trained (include_end=False).
+    alts, spans, recs = [], [0], [0]
+
+    def group(pattern: str, span: int, rec: int = 0) -> str:
+        spans.append(span)
+        recs.append(rec)
+        return f"({pattern})"
+
+    last = train_on_eos == "last"
+    for b in ys:
+        s, c = text(b.start), body(b)
+        if b.role not in roles:  # train_on_eos="all", include_end: the end marker alone
+            t = len(spans)
+            alts.append(s + group("", 0) + c + group(text(b.end), t + 1) + "?")
+            continue
+        t = len(spans)
+        if not b.end:
+            alts.append(group(s + c, t) if b.include_start else s + group(c, t))
+        elif b.include_end and train_on_eos in ("turn", "all"):
+            inner = c + f"({text(b.end)})?"  # closes before T, so `lastindex` is always T
+            alts.append(group(s + inner, t) if b.include_start else s + group(inner, t))
+            spans.append(0)
+            recs.append(0)
+        else:
+            head = group(s + c, t) if b.include_start else s + group(c, t)
+            if b.include_end:  # "none", "last": content only; "last" adds the row's last marker
+                alts.append(head + group(text(b.end), t, 1 if last else 0) + "?")
+            else:  # the match stops at the end marker, where the next search resumes
+                alts.append(head + "(?:(?=" + group(text(b.end), t, 2 if last else 0) + "))?")
+    spans.append(0)
+    recs.append(0)
+    return re.compile(loop + "(?:" + "|".join(alts) + r"|()\Z)"), (spans, recs if last else None), ign
+
+
+_PLANS: dict = {}
+_LAST: list = [None]  # the last call's arguments and plan: one row per call repeats them
+_IMMUTABLE = (tuple, str, frozenset)
+
+
+def _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids) -> _Plan:
+    bs = tuple(boundaries)
+    last = _LAST[0]
+    if (
+        last is not None
+        and last[1] is roles_to_train
+        and last[2] is ignore_ids
+        and last[3] == train_on_eos
+        and last[4] == train_on_inputs
+        and last[0] == bs
+    ):
+        return last[5]
+    roles_key = (roles_to_train,) if isinstance(roles_to_train, str) else tuple(roles_to_train)
+    ignore = tuple(ignore_ids)
+    key = (tuple(map(id, bs)), roles_key, train_on_eos, bool(train_on_inputs), ignore)
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable knob: check_knobs below says what is wrong with it
+        plan = None
+    if plan is None:
+        plan = _new_plan(bs, roles_key, train_on_eos, train_on_inputs, ignore, key)
+    if type(roles_to_train) in _IMMUTABLE and type(ignore_ids) in _IMMUTABLE:
+        _LAST[0] = (bs, roles_to_train, ignore_ids, train_on_eos, train_on_inputs, plan)
+    return plan
+
+
+def _new_plan(bs, roles_key, train_on_eos, train_on_inputs, ignore, key) -> _Plan:
+    roles = frozenset(check_knobs(bs, roles_key, train_on_eos))
+    ignore_set = {int(i) for i in ignore}
+    tokens = {t for b in bs for t in b.start + b.end}
+    direct = None
+    if _IDS_TYPECODE is not None and all(0 <= t <= _MAX_CHAR for t in tokens):
+        char = {t: chr(t) for t in tokens | {i for i in ignore_set if 0 <= i <= _MAX_CHAR}}
+        direct = _compile(bs, roles, train_on_eos, ignore_set, char)
+    plan = _Plan(bs, roles, train_on_eos, bool(train_on_inputs), tuple(sorted(ignore_set)), direct)
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+_REMAPPED: dict = {}
+
+
+def _remapped(plan: _Plan) -> tuple[dict, tuple]:
+    """The fallback alphabet for rows whose ids are not all code points (negative, > 0x10FFFF, or
+    not ints): every marker and ignore id gets its own character, every other token '\\0'."""
+    got = _REMAPPED.get(id(plan))
+    if got is None or got[0] is not plan:
+        tokens = sorted({t for b in plan.boundaries for t in b.start + b.end} | set(plan.ignore))
+        char = {t: chr(i + 1) for i, t in enumerate(tokens)}
+        got = (plan, char, _compile(plan.boundaries, plan.roles, plan.train_on_eos, plan.ignore, char))
+        if len(_REMAPPED) >= 256:
+            _REMAPPED.clear()
+        _REMAPPED[id(plan)] = got
+    return got[1], got[2]
+
+
+def _row_text(ids: list, plan: _Plan) -> tuple[str, tuple]:
+    """The row as one character per token, and the compiled patterns for that alphabet."""
+    if plan.direct is not None:
+        try:
+            buf = array(_IDS_TYPECODE)
+            buf.fromlist(ids)
+            return _decode_utf32(buf, "surrogatepass")[0], plan.direct
+        except (OverflowError, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
+            pass
+    char, compiled = _remapped(plan)
+    get = char.get
+    return "".join([get(t, "\0") for t in ids]), compiled
+
+
+def _label_row(ids: list, plan: _Plan) -> list[int]:
+    n = len(ids)
+    if not n:
+        return []
+    if plan.train_on_inputs and not plan.ignore:
+        return ids[:]
+    s, (turn_re, (spans, recs), ignore) = _row_text(ids, plan)
+    if plan.train_on_inputs:
+        labels = ids[:]
+    else:
+        labels = [IGNORE_INDEX] * n
+        if turn_re is None:  # no boundary labels anything
+            pass
+        elif recs is None:
+            for m in turn_re.finditer(s):
+                g = spans[m.lastindex]
+                if g:
+                    x, y = m.span(g)
+                    labels[x:y] = ids[x:y]
+        else:  # train_on_eos="last": also the end marker of the row's last trained turn
+            last = None
+            for m in turn_re.finditer(s):
+                li = m.lastindex
+                g = spans[li]
+                if g:
+                    x, y = m.span(g)
+                    labels[x:y] = ids[x:y]
+                if recs[li]:
+                    last = m.span(li) if recs[li] == 1 else None
+            if last is not None:
+                labels[last[0] : last[1]] = ids[last[0] : last[1]]
+    for c, runs in ignore:  # pad and media ids: a C-speed membership test per id, then only its runs
+        if c in s:
+            for m in runs.finditer(s):
+                x, y = m.span()
+                labels[x:y] = [IGNORE_INDEX] * (y - x)
+    return labels
+
+
 def build_labels_batch(
     rows: Sequence[Sequence[int]],
     boundaries: Sequence[RoleBoundary],
@@ -278,52 +516,9 @@ def build_labels_batch(
     train_on_inputs: bool = False,
     ignore_ids: Iterable[int] = (),
 ) -> list[list[int]]:
-    """`build_labels` for many rows in one numpy pass (what `Masker` uses).
-
-    The labels are built as lists directly (all -100, then each trained interval copied from the
-    row), which avoids converting every token to and from numpy on the way out.
-    """
-    roles = check_knobs(boundaries, roles_to_train, train_on_eos)
-    rows = [r if isinstance(r, list) else np.asarray(r).reshape(-1).tolist() for r in rows]
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    n = int(offsets[-1])
-    buf = array("q")  # array.fromlist is the fastest list -> int64 conversion (about 1.3x np.fromiter)
-    for r in rows:
-        buf.fromlist(r)
-    flat = np.frombuffer(buf, dtype=np.int64) if n else np.empty(0, dtype=np.int64)
-    start, stop = _spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs)
-    ignore = np.fromiter({int(i) for i in ignore_ids}, dtype=np.int64)
-    hits = np.flatnonzero(_isin(flat, ignore)) if ignore.size else np.empty(0, dtype=np.int64)
-    if hits.size and start.size:
-        k = np.searchsorted(start, hits, side="right") - 1
-        hits = hits[(k >= 0) & (hits < stop[np.maximum(k, 0)])]
-    elif hits.size:
-        hits = hits[:0]
-    if hits.size * 8 > n:  # media-heavy trained rows: per-token fixes would be slower than numpy
-        labels = label_flat(
-            flat,
-            offsets,
-            boundaries,
-            roles_to_train=roles,
-            train_on_eos=train_on_eos,
-            train_on_inputs=train_on_inputs,
-            ignore_ids=ignore.tolist(),
-        ).tolist()
-        bounds = offsets.tolist()
-        return [labels[bounds[r] : bounds[r + 1]] for r in range(len(rows))]
-    row_of = np.searchsorted(offsets, start, side="right") - 1
-    base = offsets[row_of]
-    neg = [IGNORE_INDEX] * (int(lengths.max()) if len(rows) else 0)
-    out = [neg[:m] for m in lengths.tolist()]
-    for r, a, z in zip(row_of.tolist(), (start - base).tolist(), (stop - base).tolist()):
-        out[r][a:z] = rows[r][a:z]
-    if hits.size:
-        hr = np.searchsorted(offsets, hits, side="right") - 1
-        for r, a in zip(hr.tolist(), (hits - offsets[hr]).tolist()):
-            out[r][a] = IGNORE_INDEX
-    return out
+    """`build_labels` for many rows (what `Masker` uses); the same labels as `label_flat`."""
+    plan = _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
+    return [_label_row(r if isinstance(r, list) else np.asarray(r).reshape(-1).tolist(), plan) for r in rows]
 
 
 def build_labels(
@@ -336,11 +531,7 @@ def build_labels(
     ignore_ids: Iterable[int] = (),
 ) -> list[int]:
     """Labels for one row: the id where trained, -100 elsewhere (see docs/masking.md for the rules)."""
-    return build_labels_batch(
-        [input_ids],
-        boundaries,
-        roles_to_train=roles_to_train,
-        train_on_eos=train_on_eos,
-        train_on_inputs=train_on_inputs,
-        ignore_ids=ignore_ids,
-    )[0]
+    plan = _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
+    if not isinstance(input_ids, list):
+        input_ids = np.asarray(input_ids).reshape(-1).tolist()
+    return _label_row(input_ids, plan)
