@@ -100,25 +100,35 @@ def reference_labels(ids, boundaries, roles, ignore):
 GOAL_TOKENS_PER_S, GOAL_SPEEDUP = 25e6, 10.0
 
 
-def best_of(fn, repeat: int, gc_paused: bool = False) -> tuple[float, object]:
+def best_of(fn, repeat: int) -> tuple[float, object]:
     """Best CPU time of `repeat` runs: process time, so other work on a shared machine does not count
-    (single-threaded, so on an idle machine it equals wall time). `gc_paused`: the cyclic garbage
-    collector is off while timing, as `timeit` does. With it on, each run also pays for collections
-    that walk the new label lists (every element, ~10 ns/token here; the same absolute cost for the
-    reference), and which run lands in a collection varies."""
+    (single-threaded, so on an idle machine it equals wall time)."""
     times, result = [], None
     for _ in range(repeat):
-        result = None
-        gc.collect()
-        if gc_paused:
-            gc.disable()
-        try:
-            t = time.process_time()
-            result = fn()
-            times.append(time.process_time() - t)
-        finally:
-            gc.enable()
+        t = time.process_time()
+        result = fn()
+        times.append(time.process_time() - t)
     return min(times), result
+
+
+def race(fns: list, repeat: int, gc_paused: bool = False) -> list[tuple[float, object]]:
+    """`best_of` for several functions run in turn, round after round, so that a change in the load
+    of a shared machine hits all of them alike. `gc_paused`: the cyclic garbage collector is off
+    while timing, as `timeit` does; with it on, each run also pays for the collections that walk
+    the new label lists (every element: the same absolute cost for the reference)."""
+    best, results = [float("inf")] * len(fns), [None] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            gc.collect()
+            if gc_paused:
+                gc.disable()
+            try:
+                t = time.process_time()
+                results[i] = fn()
+                best[i] = min(best[i], time.process_time() - t)
+            finally:
+                gc.enable()
+    return list(zip(best, results))
 
 
 def main() -> None:
@@ -145,17 +155,17 @@ def main() -> None:
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
     t_flat, flat_labels = best_of(lambda: label_flat(flat, offsets, bs, **kw), args.repeat)
-    t_batch, batch = best_of(lambda: build_labels_batch(rows, bs, **kw), args.repeat)
-    t_rows, per_row = best_of(lambda: [build_labels(r, bs, **kw) for r in rows], args.repeat)
-    t_ref, ref = best_of(lambda: [reference_labels(r, bs, roles, ignore) for r in rows], 2)
+    fns = [
+        lambda: build_labels_batch(rows, bs, **kw),
+        lambda: [build_labels(r, bs, **kw) for r in rows],
+        lambda: [reference_labels(r, bs, roles, ignore) for r in rows],
+    ]
+    (t_batch, batch), (t_rows, per_row), (t_ref, ref) = race(fns, args.repeat)
     assert flat_labels.tolist() == [x for r in ref for x in r], "label_flat disagrees with the reference"
     assert batch == ref, "build_labels_batch disagrees with the reference scanner"
     assert per_row == ref, "build_labels disagrees with the reference scanner"
-    del flat_labels, batch, per_row
     # The same, with the garbage collector paused while timing (as `timeit` does).
-    g_batch, batch = best_of(lambda: build_labels_batch(rows, bs, **kw), args.repeat, gc_paused=True)
-    g_rows, per_row = best_of(lambda: [build_labels(r, bs, **kw) for r in rows], args.repeat, True)
-    g_ref, _ = best_of(lambda: [reference_labels(r, bs, roles, ignore) for r in rows], 2, True)
+    (g_batch, batch), (g_rows, per_row), (g_ref, _) = race(fns, args.repeat, gc_paused=True)
     assert batch == ref and per_row == ref, "labels disagree with the reference scanner"
 
     print(

@@ -26,9 +26,13 @@ def run(monkeypatch):
 
 
 def variant(run, tmp_path: Path, extra: str) -> Path:
-    """The session's recipe under the same name (tiny) with `extra` appended: same recipe, edited."""
+    """The session's recipe under the same name (tiny) with `extra`'s top-level keys replacing its own: same
+    recipe, edited (a recipe may not give a key twice)."""
+    import yaml
+
     path = tmp_path / run.recipe.name
-    path.write_text(run.recipe.read_text() + extra)
+    recipe = yaml.safe_load(run.recipe.read_text()) | yaml.safe_load(extra)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 

@@ -280,8 +280,9 @@ def label_flat(
 # from numpy would cost more than the scan. Instead each row becomes a str with one character per token
 # (C-speed: list -> array('I') -> UTF-32 decode; ids that are not code points fall back to a per-row
 # alphabet of the marker and ignore ids), and one compiled regex (`_compile`) walks the turns with the
-# scanner's exact semantics. Python sees one match per labelled turn and copies its trained span with
-# one slice assignment; pad/media ids are found with a C-speed `in` per id and masked run by run.
+# scanner's exact semantics. Python sees only the labelled turns (up to four per match) and copies each
+# trained span with one slice assignment; pad/media ids are found with a C-speed `in` per id and masked
+# run by run.
 
 
 _IDS_TYPECODE = next((c for c in "IL" if array(c).itemsize == 4), None)
@@ -302,7 +303,7 @@ class _Plan:
 
 
 def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str]) -> tuple:
-    """(turn regex, actions, ignore (char, run regex) pairs) for one alphabet (`char`: token id -> one character).
+    """(turn regex, (spans, recs), ignore (char, run regex) pairs) for one alphabet (`char`: id -> char).
 
     At a position the winner is the longest start marker that matches there (the first declared
     among identical ones), so the boundaries are ordered longest first and duplicates dropped.
@@ -311,8 +312,10 @@ def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str])
     by a possessive loop that stops where a yielding boundary wins (a yielding start matches and no
     longer consumed one does) or at the end of the row, so Python sees only the labelled turns.
 
-    Each match's `lastindex` says which boundary opened the turn and whether its end was found, and
-    so which group spans the trained tokens; the last group marks the end of the row.
+    When every yielding turn is trained the same way, a match covers up to _TURNS_PER_MATCH turns
+    and group k spans the k-th turn's trained tokens (spans is None). Otherwise a match is one turn:
+    its `lastindex` says which boundary opened it and whether its end was found, and so which group
+    spans the trained tokens. The last group marks the end of the row.
     """
     ign = tuple((c, re.compile(re.escape(c) + "+")) for c in sorted({char[t] for t in ignore if t in char}))
     order, seen = [], set()
@@ -354,6 +357,27 @@ def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str])
     # Tokens that cannot open a turn are skipped in one step; elsewhere, unless a yielding start wins,
     # a consumed turn or a single token.
     loop = f"(?:[^{firsts}]++|(?!{wins})(?:" + "".join(f"{c}|" for c in consumed) + f"[{firsts}]))*+"
+    shapes = {(b.role in roles, b.include_start, b.end, b.include_end) for b in ys}
+    if train_on_eos != "last" and len(shapes) == 1 and next(iter(shapes))[0]:
+        # Every yielding turn is trained the same way (the usual case): the starts are one
+        # alternation, each turn's trained tokens are one group, and a match covers up to
+        # _TURNS_PER_MATCH turns (groups 1..), which saves Python work per turn.
+        b = ys[0]
+        starts = "(?:" + "|".join(text(y.start) for y in ys) + ")"
+        c = body(b)
+        if b.end and b.include_end and train_on_eos in ("turn", "all"):
+            c += f"(?:{text(b.end)})?"
+            turn = f"({starts}{c})" if b.include_start else f"{starts}({c})"
+        else:  # the end marker, if consumed at all, is not trained
+            turn = f"({starts}{c})" if b.include_start else f"{starts}({c})"
+            if b.end and b.include_end:
+                turn += f"(?:{text(b.end)})?"
+            # include_end=False: the match (or the next turn's loop) resumes at the end marker
+        nested = ""
+        for _ in range(_TURNS_PER_MATCH - 1):
+            nested = f"(?:{loop}{turn}{nested})?"
+        return re.compile(f"{loop}(?:{turn}{nested}|()\\Z)"), (None, None), ign
+
     # Groups per yielding turn: T spans exactly its trained tokens (start marker if include_start,
     # content, and the end marker where train_on_eos trains it), E is its end marker. `spans` maps a
     # match's `lastindex` to the group to copy (0: none); `recs` (train_on_eos="last") to 1 where it is
@@ -391,6 +415,8 @@ def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str])
     return re.compile(loop + "(?:" + "|".join(alts) + r"|()\Z)"), (spans, recs if last else None), ign
 
 
+_TURNS_PER_MATCH = 4
+_GROUPS = tuple(range(1, _TURNS_PER_MATCH + 1))
 _PLANS: dict = {}
 _LAST: list = [None]  # the last call's arguments and plan: one row per call repeats them
 _IMMUTABLE = (tuple, str, frozenset)
@@ -481,6 +507,13 @@ def _label_row(ids: list, plan: _Plan) -> list[int]:
         labels = [IGNORE_INDEX] * n
         if turn_re is None:  # no boundary labels anything
             pass
+        elif spans is None:  # up to _TURNS_PER_MATCH trained turns per match, in groups 1, 2, ...
+            for m in turn_re.finditer(s):
+                for g in _GROUPS:
+                    x, y = m.span(g)
+                    if x < 0:
+                        break
+                    labels[x:y] = ids[x:y]
         elif recs is None:
             for m in turn_re.finditer(s):
                 g = spans[m.lastindex]
