@@ -144,6 +144,13 @@ def build(run: StageRun) -> dict[str, Any]:
     from newt.prepare import load_prepared
 
     recipe = run.recipe
+    if recipe.rl:
+        # Preference and prompt-only rows have no reference answer to score against (not built yet).
+        raise ValueError(
+            f"evaluation: rl: {recipe.rl} recipes are not evaluated yet (held-out rows are preference/prompt rows, "
+            f"not conversations with a reference answer); materialize up to `quantized`, or evaluate the merged "
+            f"model with an SFT recipe's eval.lm_eval_tasks"
+        )
     held_out = load_prepared(run.upstream["prepared"], "validation")
     if len(held_out) == 0:
         raise ValueError("evaluation: the prepared data has no validation rows; set val_set_size (e.g. 0.05 or 200)")

@@ -149,7 +149,13 @@ class RowProcessor:
     def _tokenize_segments(self, segs: list[list[tuple[str, bool]]]) -> tuple[list[list[int]], list[list[int]]]:
         """Text formats: every segment of the batch in one tokenizer call; `completion` gets BOS/EOS like
         `tokenizer(text)` plus EOS, `input_output` nothing added (the segments carry their own special tokens)."""
+        from newt.masking import media_ids
+        from newt.masking.boundaries import pad_ids
+
         tok = self.tokenizer
+        # The masking engine's rule on every path: pad and media ids are never trained; a pad that is also the EOS
+        # stays trainable, or the model would never learn to stop.
+        ignore = (set(media_ids(tok)) | set(pad_ids(tok))) - {tok.eos_token_id}
         flat = [text for s in segs for text, _ in s]
         encoded = tok(flat, add_special_tokens=self.spec.type == "completion")["input_ids"]
         ids_out, labels_out, k = [], [], 0
@@ -163,6 +169,8 @@ class RowProcessor:
             if self.spec.type == "completion" and tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
                 ids.append(tok.eos_token_id)
                 labels.append(tok.eos_token_id)
+            if ignore:
+                labels = [IGNORE if t in ignore else t for t in labels]
             ids_out.append(ids)
             labels_out.append(labels)
         return ids_out, labels_out

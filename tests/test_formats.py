@@ -137,3 +137,13 @@ def test_example_recipe_prepares(name: str, tmp_path: Path, monkeypatch) -> None
     assert out.metadata["rows_train"] + out.metadata["rows_validation"] == 4 or recipe.sample_packing
     assert all(any(x != IGNORE for x in lab) for lab in data["validation"]["labels"])
     assert out.metadata["supervised_tokens"] > 0
+
+
+def test_text_formats_never_train_pad_ids(tok, tmp_path: Path) -> None:
+    # The masking rule holds on every path: a pad token written inside a trained segment stays untrained.
+    segs = [{"text": "Q: ab\nA: ", "label": False}, {"text": f"ba{tok.pad_token}", "label": True}]
+    out = run([{"segments": segs}], tok, tmp_path, type="input_output")
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    assert tok.pad_token_id in ids and tok.pad_token_id != tok.eos_token_id
+    assert [lab for t, lab in zip(ids, labels) if t == tok.pad_token_id] == [IGNORE]
+    assert supervised_text(tok, ids, labels) == "ba"
