@@ -143,3 +143,17 @@ def test_eval_config_validation_reports_unknown_metrics_and_variants() -> None:
         recipe("eval: {models: [merged], baseline: base, max_drop: {exact_match: 0.1}}\n")
     with pytest.raises(RecipeError, match="not a valid regex"):
         recipe("eval: {answer_regex: '('}\n")
+
+
+def test_rl_recipes_are_refused_with_a_clear_error(tmp_path) -> None:
+    import pytest
+
+    from newt.config import Recipe
+    from newt.evaluate import build
+    from newt.pipeline import StageRun
+
+    recipe = Recipe.model_validate({"base_model": "builtin:tiny-llama", "rl": "dpo",
+                                    "datasets": [{"path": "pairs.jsonl"}]})
+    run = StageRun(recipe, "evaluation", "k", tmp_path, {})
+    with pytest.raises(ValueError, match="rl: dpo recipes are not evaluated yet"):
+        build(run)
