@@ -108,6 +108,23 @@ def code_version(modules: list[str]) -> str:
 
 # --- the store -----------------------------------------------------------------------------------------------
 
+DEFAULT_STORE = ".newt/store"
+
+
+def store_settings_from_env() -> tuple[str, dict[str, Any]]:
+    """(root, storage options) from NEWT_STORE and NEWT_STORE_OPTIONS (a JSON object; `${env:NAME}` unexpanded)."""
+    return os.environ.get("NEWT_STORE") or DEFAULT_STORE, json.loads(os.environ.get("NEWT_STORE_OPTIONS") or "{}")
+
+
+def store_from_env() -> Store:
+    """The store the CLI, the lineage tool and the Dagster resource's default all use."""
+    from newt.sources import resolve_storage_options  # newt.sources imports this module
+
+    root, options = store_settings_from_env()
+    return Store(root, resolve_storage_options(options, "NEWT_STORE_OPTIONS"))
+
+
+
 
 @dataclass
 class Lookup:

@@ -33,13 +33,9 @@ ROOT = (
 
 
 def _store():
-    from newt.cache import Store
-    from newt.sources import resolve_storage_options
+    from newt.cache import store_from_env
 
-    options = json.loads(os.environ.get("NEWT_STORE_OPTIONS") or "{}")
-    return Store(
-        os.environ.get("NEWT_STORE") or ".newt/store", resolve_storage_options(options, "NEWT_STORE_OPTIONS")
-    )
+    return store_from_env()
 
 
 def _color(stream: TextIO, no_color: bool) -> bool:
@@ -333,7 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = defs.resolve_job_def(f"{recipe.name}_job").with_logger_defs({"newt": _progress_logger(progress)})
     selection = [dg.AssetKey([recipe.name, s]) for s in stages]
     print(
-        f"newt run {recipe.name}: {', '.join(stages)} → store {os.environ.get('NEWT_STORE') or '.newt/store'}",
+        f"newt run {recipe.name}: {', '.join(stages)} → store {_store().root}",
         file=sys.stderr,
     )
     started = time.monotonic()

@@ -105,8 +105,6 @@ def format_trace(tree: Trace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     from newt.config import load_recipe
     from newt.pipeline import plan
 
@@ -120,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if node not in keys:
         print(f"{node!r} is not an asset of recipe {recipe.name}; choose one of: {', '.join(keys)}", file=sys.stderr)
         return 2
-    from newt.sources import resolve_storage_options
+    from newt.cache import store_from_env
 
-    options = json.loads(os.environ.get("NEWT_STORE_OPTIONS") or "{}")
-    store = Store(os.environ.get("NEWT_STORE") or ".newt/store", resolve_storage_options(options, "NEWT_STORE_OPTIONS"))
+    store = store_from_env()
     tree = trace(store, node, keys[node].key)
     print(format_trace(tree))
     print(json.dumps(origins(tree), indent=2, sort_keys=True))

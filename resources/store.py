@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import dagster as dg
 
-from newt.cache import Store
-
-DEFAULT_STORE = ".newt/store"
+from newt.cache import DEFAULT_STORE, Store, store_settings_from_env
 
 
 class NewtStore(dg.ConfigurableResource):
@@ -25,8 +21,8 @@ class NewtStore(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> NewtStore:
         """NEWT_STORE (root URL) and NEWT_STORE_OPTIONS (JSON object) from the environment, else the default."""
-        options = json.loads(os.environ.get("NEWT_STORE_OPTIONS") or "{}")
-        return cls(root=os.environ.get("NEWT_STORE") or DEFAULT_STORE, storage_options=options)
+        root, options = store_settings_from_env()
+        return cls(root=root, storage_options=options)
 
     def open(self) -> Store:
         from newt.sources import resolve_storage_options
