@@ -32,7 +32,7 @@ def write_jsonl(path: Path, rows: int, seed: int = 0) -> None:
         for _ in range(rows):
             turns = rng.randint(2, 6)
             msgs = [{"role": "user" if t % 2 == 0 else "assistant",
-                     "content": " ".join(rng.choices(WORDS, k=rng.randint(15, 80)))} for t in range(turns)]
+                     "content": " ".join(rng.choices(WORDS, k=rng.randint(20, 105)))} for t in range(turns)]
             f.write(json.dumps({"messages": msgs}) + "\n")
 
 

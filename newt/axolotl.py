@@ -39,7 +39,13 @@ UNSUPPORTED: dict[str, str] = {
     "hub_strategy": "newt does not push to the hub; remove it",
     "resume_from_checkpoint": "the trained stage resumes by itself from its work folder (save_steps); remove it",
     "auto_resume_from_checkpoints": "the trained stage always resumes from its last checkpoint; remove it",
-    "model_type": "newt loads every model with AutoModelForCausalLM; remove it",
+    "model_type": "newt loads every model with AutoModelForCausalLM, or AutoModelForImageTextToText for a "
+    "vision-language model; remove it",
+    "skip_prepare_dataset": "newt always prepares (and audits) the masks; images become pixels at training time; "
+    "remove it",
+    "remove_unused_columns": "newt keeps the columns its collator needs; remove it",
+    "image_size": "set the size in the processor's preprocessor config (tokenizer_config points at another one)",
+    "image_resize_algorithm": "set resampling in the processor's preprocessor config",
     "tokenizer_type": "newt loads every tokenizer with AutoTokenizer; remove it (tokenizer_config picks another one)",
     "base_model_config": "newt reads the config beside the weights of base_model; remove it",
     "is_llama_derived_model": "newt detects the architecture from the model config; remove it",
@@ -134,7 +140,9 @@ UNSUPPORTED: dict[str, str] = {
 # Axolotl key → values that ask for exactly what newt does anyway: accepted (with a note), any other value is a
 # problem with the reason in UNSUPPORTED.
 AGREES: dict[str, tuple[Any, ...]] = {
-    "model_type": ("AutoModelForCausalLM",),
+    "model_type": ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForVision2Seq"),
+    "skip_prepare_dataset": (True,),
+    "remove_unused_columns": (False,),
     "tokenizer_type": ("AutoTokenizer", "PreTrainedTokenizerFast"),
     "save_safetensors": (True,),
 }

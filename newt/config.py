@@ -236,6 +236,12 @@ class Recipe(Strict):
         ..., "Hub name, local path, or `builtin:tiny-llama` (built offline, deterministic).", "prepared", "trained"
     )
     tokenizer_config: str | None = knob(None, "Tokenizer to use instead of the base model's (hub name or path).", "prepared")
+    processor_type: str | None = knob(
+        None,
+        "Multimodal rows: `AutoProcessor` (or a transformers processor class name) loads the base model's "
+        "processor; images in messages or an `images` column are expanded into media tokens and masked.",
+        "prepared", "trained",
+    )
     trust_remote_code: bool = knob(False, "Allow code from the model repo to run. Keep false unless you trust it.",
                                    "prepared", "trained")
     datasets: list[DatasetSpec] = knob(..., "Training data sources, merged in order.", "dataset", "prepared",
@@ -394,6 +400,12 @@ class Recipe(Strict):
                     "(quantized_<method> needs the method in quantize.outputs)"
                     + (f"; did you mean {hint[0]!r}?" if hint else "")
                 )
+        if self.processor_type and self.sample_packing:
+            raise ValueError("sample_packing cannot pack multimodal rows (processor_type is set): each row's "
+                             "images travel with it; set sample_packing: false")
+        if self.processor_type and self.rl:
+            raise ValueError(f"rl: {self.rl} with processor_type: multimodal rows are trained with supervised "
+                             "fine-tuning only; remove rl or processor_type")
         if self.eval.baseline == "base" and self.eval.max_drop and "base" not in self.eval.models:
             raise ValueError("eval.baseline is 'base' but eval.models does not evaluate 'base'; add it to eval.models")
         return self

@@ -1,6 +1,6 @@
 """The `merged` stage: adapter + base model → one safetensors folder with the tokenizer, chat template and
-generation config beside the weights. The result loads with plain `AutoModelForCausalLM.from_pretrained(folder)`,
-no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
+generation config beside the weights (and the processor, for a vision-language model). The result loads with plain
+`AutoModelForCausalLM.from_pretrained(folder)` (`AutoModelForImageTextToText` for a VLM), no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
 
 - LoRA: the base is loaded in `merge.dtype`, the adapter merged into it (`merge_and_unload`) and saved.
 - QLoRA: the adapter was trained against the base as bitsandbytes NF4 saw it, not against the original weights. The
@@ -72,6 +72,13 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(out))
+    if (Path(tokenizer_source) / "processor_config.json").is_file():  # a vision-language model keeps its processor
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            processor.chat_template = chat_template
+        processor.save_pretrained(str(out))
     _generation_config(out, tokenizer)
     return {**meta, "files": sorted(p.name for p in out.iterdir())}
 

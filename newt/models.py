@@ -71,10 +71,44 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     return AutoTokenizer.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str, *, trust_remote_code: bool = False, dtype: Any = None, **kwargs: Any) -> Any:
-    from transformers import AutoModelForCausalLM
+def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
+    """A multimodal processor (tokenizer + image processor). `processor_type` is `AutoProcessor` or the name of a
+    transformers processor class (Axolotl's key)."""
+    import transformers
 
-    return AutoModelForCausalLM.from_pretrained(
+    cls = getattr(transformers, processor_type, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        import difflib
+
+        names = [n for n in dir(transformers) if n.endswith("Processor")]
+        hint = difflib.get_close_matches(processor_type, ["AutoProcessor", *names], n=1)
+        raise ValueError(f"processor_type: {processor_type!r} is not a transformers processor class"
+                         + (f"; did you mean {hint[0]!r}?" if hint else "; use AutoProcessor"))
+    processor = cls.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
+    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+        raise ValueError(f"processor_type: {processor_type} loaded a {type(processor).__name__} for {name!r}, which "
+                         f"has no tokenizer + image processor pair; this model is not a vision-language model, so "
+                         f"remove processor_type")
+    return processor
+
+
+def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
+    """AutoModelForCausalLM, or AutoModelForImageTextToText for a vision-language model (LLaVA, Qwen2-VL, ...)
+    whose configuration has no causal-LM class."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = AutoConfig.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code).model_type
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
+def load_model(name: str, *, trust_remote_code: bool = False, dtype: Any = None, **kwargs: Any) -> Any:
+    return auto_model_class(name, trust_remote_code=trust_remote_code).from_pretrained(
         str(local_snapshot(name)), trust_remote_code=trust_remote_code, dtype=dtype or "auto", use_safetensors=True,
         **kwargs,
     )

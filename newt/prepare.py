@@ -50,7 +50,7 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
     )
 
 
-def features(dedup: bool):
+def features(dedup: bool, multimodal: bool = False):
     import datasets
 
     cols = {
@@ -65,6 +65,8 @@ def features(dedup: bool):
     }
     if dedup:
         cols["digest"] = datasets.Value("binary")
+    if multimodal:  # each row's images, encoded, in the order of its media placeholders
+        cols["images"] = datasets.List(datasets.Value("binary"))
     return datasets.Features(cols)
 
 
@@ -80,17 +82,32 @@ class RowProcessor:
         self.spec, self.index, self.key_path = spec, index, f"datasets[{index}]"
         self.sequence_len, self.strategy = recipe.sequence_len, recipe.excess_length_strategy
         self.dedup = recipe.dataset_exact_deduplication
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # a multimodal processor when recipe.processor_type is set
+        self.multimodal = recipe.processor_type is not None
         self.chat = spec.type in formats.CHAT_TYPES
+        if self.multimodal and not self.chat:
+            raise PrepareError(f"{self.key_path}: type {spec.type!r} has no place for images; multimodal recipes "
+                               f"(processor_type) take chat_template rows")
         self.masker = masker_for(recipe, spec, tokenizer, template) if self.chat else None
         self.roles = formats.role_lookup(spec)
+        self.media = set(self.masker.ignore_ids) if self.multimodal else set()
+        self.image_base = image_base(spec.path) if self.multimodal else None
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         from newt import formats
 
         n = len(indices)
         rows = [{k: batch[k][r] for k in batch} for r in range(n)]
-        if self.chat:
+        images = None
+        if self.multimodal:
+            convs = [formats.to_conversation(row, self.spec, self.key_path, i, self.roles)
+                     for row, i in zip(rows, indices)]
+            out = self._process_media(convs, rows, indices)
+            all_ids, all_labels, images = out["input_ids"], out["labels"], out["image_bytes"]
+            from newt.masking.multimodal import without_media
+
+            messages = [json.dumps(without_media(c), ensure_ascii=False) for c in convs]
+        elif self.chat:
             convs = [formats.to_conversation(row, self.spec, self.key_path, i, self.roles)
                      for row, i in zip(rows, indices)]
             try:
@@ -105,12 +122,13 @@ class RowProcessor:
             messages = [json.dumps(formats.segments_as_messages(s), ensure_ascii=False) for s in segs]
         cols: dict[str, list] = {k: [] for k in ("input_ids", "labels", "status", "truncated", "length", "supervised")}
         digests = []
-        for ids, labels in zip(all_ids, all_labels):
+        for r, (ids, labels) in enumerate(zip(all_ids, all_labels)):
             status, truncated = KEPT, False
             if labels.count(IGNORE) == len(labels):
                 status = ZERO_AS_WRITTEN
             elif len(ids) > self.sequence_len:
-                if self.strategy == "drop":
+                # A cut through media tokens would leave pixels without their placeholders: such rows are dropped.
+                if self.strategy == "drop" or (self.media and not self.media.isdisjoint(ids[self.sequence_len:])):
                     status = TOO_LONG
                 else:
                     ids, labels, truncated = ids[: self.sequence_len], labels[: self.sequence_len], True
@@ -125,13 +143,42 @@ class RowProcessor:
             cols["length"].append(len(ids))
             cols["supervised"].append(len(labels) - labels.count(IGNORE))
             if self.dedup:
-                digests.append(hashlib.blake2b(np.asarray(ids + [-1] + labels, dtype=np.int64).tobytes(),
-                                               digest_size=16).digest())
+                h = hashlib.blake2b(np.asarray(ids + [-1] + labels, dtype=np.int64).tobytes(), digest_size=16)
+                for image in images[r] if images is not None else ():  # same text, other picture: not a duplicate
+                    h.update(hashlib.blake2b(image, digest_size=16).digest())
+                digests.append(h.digest())
         cols["messages"] = messages
         cols["source"] = [self.index] * n
         if self.dedup:
             cols["digest"] = digests
+        if images is not None:
+            cols["images"] = [imgs if s == KEPT else [] for imgs, s in zip(images, cols["status"])]
         return cols
+
+    def _process_media(self, convs: list[list[dict]], rows: list[dict], indices: list[int]) -> dict[str, Any]:
+        """Multimodal rows: the processor expands each image into its placeholder tokens, then the same scanner
+        labels the expanded ids (newt.masking.multimodal). A bad image reference names its row."""
+        from newt.masking.multimodal import process_and_mask
+
+        column = "images" if rows and "images" in rows[0] else "image" if rows and "image" in rows[0] else None
+        per_row = [row.get(column) for row in rows] if column else None
+        per_row = [[x] if x is not None and not isinstance(x, list) else (x or []) for x in per_row] if per_row \
+            else None
+        try:
+            return process_and_mask(self.tokenizer, convs, self.masker, images=per_row, base=self.image_base)
+        except Exception as exc:  # noqa: BLE001 - find the row: a missing file, a bad URL, a template error
+            for r, (conv, i) in enumerate(zip(convs, indices)):
+                try:
+                    process_and_mask(self.tokenizer, [conv], self.masker, images=[per_row[r]] if per_row else None,
+                                     base=self.image_base)
+                except Exception as row_exc:  # noqa: BLE001
+                    raise PrepareError(
+                        f"{self.key_path} ({self.spec.path}) row {i}: its images could not be processed "
+                        f"({type(row_exc).__name__}: {row_exc}); image parts take `image`/`path`/`url`/`base64`, "
+                        f"or the row's `images` column fills parts without one (relative paths are read from "
+                        f"{self.image_base})"
+                    ) from None
+            raise exc
 
     def _template_error(self, convs: list[list[dict]], indices: list[int], exc: Exception) -> Exception:
         """Name the first row the chat template refuses to render; other errors pass through unchanged."""
@@ -176,6 +223,14 @@ class RowProcessor:
         return ids_out, labels_out
 
 
+def image_base(dataset_path: str) -> str:
+    """Where relative image paths of a dataset are read from: the dataset file's folder (or the folder itself)."""
+    if "://" in dataset_path:
+        return dataset_path.rsplit("/", 1)[0] if "." in dataset_path.rsplit("/", 1)[-1] else dataset_path
+    path = Path(dataset_path).expanduser().resolve()
+    return str(path if path.is_dir() else path.parent)
+
+
 def tokenize_source(raw, recipe: Recipe, spec: DatasetSpec, index: int, tokenizer: Any, template: str | None, *,
                     num_proc: int, cache_dir: str, fingerprint: str, processor: RowProcessor | None = None):
     """One source's Arrow rows → the processed Arrow table (every row, with its status), written under cache_dir.
@@ -191,7 +246,7 @@ def tokenize_source(raw, recipe: Recipe, spec: DatasetSpec, index: int, tokenize
         batch_size=BATCH,
         with_indices=True,
         remove_columns=raw.column_names,
-        features=features(recipe.dataset_exact_deduplication),
+        features=features(recipe.dataset_exact_deduplication, multimodal=recipe.processor_type is not None),
         num_proc=num_proc if num_proc > 1 else None,
         new_fingerprint=fingerprint,  # explicit: datasets would otherwise hash the tokenizer on every call
         cache_file_name=str(Path(cache_dir) / f"source-{index}.arrow"),
@@ -217,8 +272,12 @@ def build(run: StageRun) -> dict[str, Any]:
         from newt.preference import build_preference
 
         return build_preference(run)
-    tokenizer = models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
-                                      trust_remote_code=recipe.trust_remote_code)
+    if recipe.processor_type:  # multimodal: the processor renders, expands media and tokenizes
+        tokenizer = models.load_processor(recipe.tokenizer_config or recipe.base_model, recipe.processor_type,
+                                          trust_remote_code=recipe.trust_remote_code)
+    else:
+        tokenizer = models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
+                                          trust_remote_code=recipe.trust_remote_code)
     needs_template = any(s.type in CHAT_TYPES for s in recipe.datasets)
     template = templates.template_for(recipe, tokenizer) if needs_template else None
     num_proc = recipe.dataset_num_proc or os.cpu_count() or 1
@@ -259,7 +318,7 @@ def build(run: StageRun) -> dict[str, Any]:
         if n_val >= len(order):
             raise PrepareError(
                 f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(order)}; lower it")
-        out_cols = ["input_ids", "labels", "messages", "source"]
+        out_cols = ["input_ids", "labels", "messages", "source"] + (["images"] if recipe.processor_type else [])
         train = merged.select(order[n_val:]).select_columns(out_cols)
         validation = merged.select(order[:n_val]).select_columns(out_cols)
         lengths, supervised = column(merged, "length"), column(merged, "supervised")

@@ -23,6 +23,20 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# ChatML where a message's content may also be a list of parts ({"type": "text"|"image"}): an image part renders as
+# the processor's placeholder, which the processor then expands to one token per image feature.
+CHATML_VISION_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<image>' }}{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+IMAGE_TOKEN = "<image>"
 
 
 @dataclass(frozen=True)
@@ -34,12 +48,19 @@ class TinySpec:
     num_key_value_heads: int
     max_position_embeddings: int = 512
     seed: int = 0
+    # Vision-language (LLaVA-shaped: CLIP vision tower + projector + the Llama above) when set: the image side in
+    # pixels; 14-pixel patches, so a 28-pixel image is 4 image tokens.
+    image_size: int | None = None
 
 
 BUILTINS = {
     # ~0.2 M parameters: big enough to learn the demo task on 2 CPU cores in about two minutes.
     "tiny-llama": TinySpec(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2),
+    # The same language model behind a two-layer CLIP vision tower: a vision-language model that trains one step
+    # on CPU in seconds (the multimodal path's end-to-end test).
+    "tiny-llava": TinySpec(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, image_size=28),
 }
 
 
@@ -97,13 +118,63 @@ def build_tokenizer():
 
 
 def build(spec: TinySpec, out: Path) -> None:
+    if spec.image_size:
+        return build_vision(spec, out)
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
-    vocab = len(tokenizer)
-    config = LlamaConfig(
-        vocab_size=vocab,
+    config = _text_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def build_vision(spec: TinySpec, out: Path) -> None:
+    """LLaVA: CLIP vision tower → projector → Llama; a LlavaProcessor with a PIL CLIP image processor (no
+    torchvision needed) that expands each `<image>` to (image_size / 14)² tokens."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.chat_template = CHATML_VISION_TEMPLATE
+    size = spec.image_size
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    # num_additional_image_tokens=1: the CLIP tower's CLS feature, which the "default" strategy then drops.
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               image_token=IMAGE_TOKEN, chat_template=CHATML_VISION_TEMPLATE)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=size, patch_size=14, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=_text_config(spec, tokenizer),
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+def _text_config(spec: TinySpec, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -115,13 +186,6 @@ def build(spec: TinySpec, out: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -13,29 +13,50 @@ from typing import Any
 
 from newt.masking.masker import Masker
 
-IMAGE_KEYS = ("image", "path", "url", "image_url")
+IMAGE_KEYS = ("image", "path", "url", "image_url", "base64")
 
 
-def load_image(ref: Any) -> Any:
-    """A PIL image from a PIL image, a local path, or any fsspec URL (s3://, gs://, https://, ...)."""
+def image_bytes(ref: Any, base: str | None = None) -> bytes:
+    """The encoded bytes of one image reference: bytes, a PIL image (saved as PNG), a `{"bytes"|"url"|"path"}`
+    dict (Hugging Face `Image` feature, OpenAI `image_url`), base64 text, a path or any fsspec URL (s3://, gs://,
+    https://, ...). A relative path is read from `base` (the dataset's folder) when given."""
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if isinstance(ref, dict):
+        if ref.get("bytes"):
+            return bytes(ref["bytes"])
+        ref = ref.get("url") or ref.get("path")
+    if hasattr(ref, "save"):  # a PIL image
+        buf = io.BytesIO()
+        ref.save(buf, format="PNG")
+        return buf.getvalue()
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"an image reference must be a path, URL, base64 data URL or bytes, got {ref!r}")
+    if ref.startswith("data:image/") and ";base64," in ref:
+        import base64
+
+        return base64.b64decode(ref.split(";base64,", 1)[1])
+    import fsspec
+
+    if base and "://" not in ref and not ref.startswith("/"):
+        ref = f"{base.rstrip('/')}/{ref}"
+    with fsspec.open(ref, "rb") as f:
+        return f.read()
+
+
+def load_image(ref: Any, base: str | None = None) -> Any:
+    """A PIL image (RGB) from any reference `image_bytes` reads."""
     from PIL import Image
 
     if isinstance(ref, Image.Image):
         return ref.convert("RGB")
-    if isinstance(ref, dict):  # OpenAI style {"url": ...}
-        ref = ref.get("url") or ref.get("path")
-    if isinstance(ref, (bytes, bytearray)):
-        return Image.open(io.BytesIO(ref)).convert("RGB")
-    import fsspec
-
-    with fsspec.open(str(ref), "rb") as f:
-        return Image.open(io.BytesIO(f.read())).convert("RGB")
+    return Image.open(io.BytesIO(image_bytes(ref, base))).convert("RGB")
 
 
-def images_of(conversation: list[dict], column_images: Sequence[Any] = ()) -> list[Any]:
-    """Images in the order the template places them: content parts of type "image" (or "image_url")
-    that carry the image (`image`/`path`/`url`), else the next entry of the row's image column."""
-    out, column = [], list(column_images)
+def image_refs(conversation: list[dict], column_images: Sequence[Any] = ()) -> list[Any]:
+    """Image references in the order the template places them: content parts of type "image" (or "image_url")
+    that carry the image (`image`/`path`/`url`/`base64`), else the next entry of the row's image column."""
+    out, column = [], list(column_images or ())
     for message in conversation:
         content = message.get("content")
         if not isinstance(content, list):
@@ -44,6 +65,8 @@ def images_of(conversation: list[dict], column_images: Sequence[Any] = ()) -> li
             if not isinstance(part, dict) or part.get("type") not in ("image", "image_url"):
                 continue
             ref = next((part[k] for k in IMAGE_KEYS if part.get(k) is not None), None)
+            if isinstance(ref, str) and part.get("base64") is ref and not ref.startswith("data:"):
+                ref = "data:image/png;base64," + ref
             if ref is None:
                 if not column:
                     raise ValueError(
@@ -51,7 +74,28 @@ def images_of(conversation: list[dict], column_images: Sequence[Any] = ()) -> li
                         "image left; give the part an `image`/`path`/`url`, or add it to the image column"
                     )
                 ref = column.pop(0)
-            out.append(load_image(ref))
+            out.append(ref)
+    if column:
+        raise ValueError(f"the row's image column has {len(column)} image(s) more than its messages have image "
+                         f"parts ({{\"type\": \"image\"}}); each image needs a part that says where it goes")
+    return out
+
+
+def images_of(conversation: list[dict], column_images: Sequence[Any] = (), base: str | None = None) -> list[Any]:
+    """The PIL images of one conversation, in template order (see `image_refs`)."""
+    return [load_image(ref, base) for ref in image_refs(conversation, column_images)]
+
+
+def without_media(conversation: list[dict]) -> list[dict]:
+    """The conversation with every image part reduced to `{"type": "image"}`: JSON-safe, and the form the
+    audit and the `messages` column keep (the images themselves are stored once, as bytes)."""
+    out = []
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [{"type": "image"} if isinstance(p, dict) and p.get("type") in ("image", "image_url") else p
+                       for p in content]
+        out.append({**message, "content": content})
     return out
 
 
@@ -60,21 +104,27 @@ def process_and_mask(
     conversations: Sequence[list[dict]],
     masker: Masker,
     images: Sequence[Sequence[Any]] | None = None,
+    base: str | None = None,
     **processor_kwargs: Any,
 ) -> dict[str, Any]:
     """Render, let the processor expand the media, and label the expanded ids.
 
-    Returns the processor's outputs (pixel values, grids, ...) with `input_ids` and `labels` as lists.
+    Returns the processor's outputs (pixel values, grids, ...) with `input_ids` and `labels` as lists, and
+    `image_bytes`: each row's images as encoded bytes, in template order (what the prepared data stores).
     `images[i]` is row i's image column (paths, URLs or PIL images) for parts that do not carry one.
     """
+    from PIL import Image
+
     texts = masker.render(conversations)
-    row_images = [images_of(c, images[i] if images else ()) for i, c in enumerate(conversations)]
+    row_bytes = [[image_bytes(ref, base) for ref in image_refs(c, images[i] if images else ())]
+                 for i, c in enumerate(conversations)]
     kwargs = {"text": texts, "add_special_tokens": False, **processor_kwargs}  # the template writes BOS
-    if any(row_images):
-        kwargs["images"] = row_images
+    if any(row_bytes):
+        kwargs["images"] = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in row_bytes]
     enc = processor(**kwargs)
     input_ids = [list(map(int, r)) for r in enc["input_ids"]]
     out = dict(enc)
     out["input_ids"] = input_ids
     out["labels"] = masker.label(input_ids)
+    out["image_bytes"] = row_bytes
     return out

@@ -119,6 +119,8 @@ def check_prepared(recipe: Recipe, prepared: Path) -> None:
     columns = set(datasets.load_from_disk(str(data))["train"].column_names)
     method = method_of(recipe)
     missing = [c for c in METHOD_COLUMNS[method] if c not in columns]
+    if recipe.processor_type and "images" not in columns:
+        missing.append("images")
     if missing:
         have = next((m for m, cols in METHOD_COLUMNS.items() if set(cols) <= columns), None)
         raise TrainError(

@@ -6,6 +6,10 @@ It runs with or without Dagster: the `trained` asset launches it through Dagster
 hand on a resolved recipe (JSON or YAML) and a `prepared` artifact folder. Labels come from the prepared data as
 they are (newt's masking engine decided them); TRL only pads them.
 
+A multimodal recipe (`processor_type`) trains the same way: the prepared rows carry their images as encoded bytes
+next to the already expanded and labelled ids, and `VisionCollator` turns them into pixels with the processor's image
+processor at batch time (pixels are far larger than the image files, so they are never stored).
+
 Checkpoints go to `<output>/checkpoints` every `save_steps`; launched again on the same output folder after a crash,
 it resumes from the newest one. Output: `adapter/` (LoRA adapter + tokenizer) or `model/` (full weights +
 tokenizer), `metrics.json`.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import torch
 from transformers import set_seed
 
-from newt.models import load_tokenizer
+from newt.models import load_processor, load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
@@ -38,11 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     reporter = Reporter()
     set_seed(recipe.seed)
 
-    # 2. tokenizer, model, data
-    tokenizer = load_tokenizer(recipe.tokenizer_config or args.base_model, trust_remote_code=recipe.trust_remote_code)
+    # 2. tokenizer (or multimodal processor), model, data
+    source = recipe.tokenizer_config or args.base_model
+    if recipe.processor_type:
+        tokenizer = load_processor(source, recipe.processor_type, trust_remote_code=recipe.trust_remote_code)
+    else:
+        tokenizer = load_tokenizer(source, trust_remote_code=recipe.trust_remote_code)
     model = load_base(recipe, args.base_model)
     # A packed split (sample_packing) carries TRL's `seq_lengths`: position ids restart per example.
     columns = ["input_ids", "labels", "seq_lengths"] if recipe.sample_packing else ["input_ids", "labels"]
+    if recipe.processor_type:
+        columns.append("images")
     train = load_prepared(args.data, "train").select_columns(columns)
 
     # 3. train
@@ -53,12 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
         # Packed rows: TRL's padding-free collation, no attention across examples (newt/packing.py).
         **({"padding_free": True, "max_length": None} if recipe.sample_packing else {}),
+        # Multimodal: keep the `images` column for VisionCollator (the model's forward does not name it).
+        **({"remove_unused_columns": False} if recipe.processor_type else {}),
     )
     world = max(int(config.world_size), 1)
     mean_len = sum(len(x) for x in train["input_ids"]) / max(len(train), 1)
     stream = StreamMetrics(reporter, mean_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
+    collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
-                         peft_config=peft_config(recipe), callbacks=[stream])
+                         data_collator=collator, peft_config=peft_config(recipe), callbacks=[stream])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
@@ -71,6 +84,38 @@ def main(argv: list[str] | None = None) -> None:
         metrics["cuda"] = torch.cuda.is_available()
         reporter.finish(output, metrics)
     reporter.close()
+
+
+class VisionCollator:
+    """Multimodal batches: right-pads `input_ids`/`labels` (labels with -100, so padding is never trained) and
+    runs the processor's image processor on the rows' images, in row order, which is the order of their
+    placeholders in the batch. The ids were expanded by the same processor at prepare time, so the model's own
+    check (one placeholder per image feature) holds."""
+
+    def __init__(self, processor):
+        self.image_processor = processor.image_processor
+        tok = processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import io
+
+        from PIL import Image
+
+        n = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
+            labels[i, :k] = torch.as_tensor(r["labels"])
+            attention_mask[i, :k] = 1
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for r in rows for b in r.get("images") or ()]
+        if images:
+            batch.update(self.image_processor(images, return_tensors="pt"))
+        return batch
 
 
 if __name__ == "__main__":
