@@ -7,7 +7,7 @@ import json
 import masking_fixtures as F
 from test_masking_families import CONV, NO_SYSTEM
 
-from newt.masking import Masker, audit, audit_markdown, audit_problems, mask_preview_markdown
+from newt.masking import IGNORE_INDEX, Masker, audit, audit_markdown, audit_problems, mask_preview_markdown
 
 
 def _run(tok, convs, **settings):
@@ -83,8 +83,32 @@ def test_preview_tells_trained_from_masked():
     out = Masker(tok)([CONV, NO_SYSTEM])
     md = mask_preview_markdown(out["input_ids"], out["labels"], tok, rows=1)
     assert "#### Row 0: 34 tokens, 6 supervised" in md and "Row 1" not in md
-    assert "**Hello there&lt;\\|im\\_end\\|&gt;**" in md
-    assert "`<|im_start|>assistant`⏎" in md
+    assert "**Hello there&lt;\\|im\\_end\\|&gt;**`⏎`" in md  # the newline after <|im_end|> is masked
+    assert "`<|im_start|>assistant⏎`" in md
+
+
+def test_preview_bold_is_exactly_the_trained_text_in_a_commonmark_renderer():
+    # Segments that begin or end with spaces or punctuation next to a newline are where `**` stops being emphasis
+    # (CommonMark flanking rules) and the UI shows literal asterisks.
+    import html
+    import re
+
+    import markdown_it
+
+    tok = F.qwen25()
+    conv = [{"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": " Black.\n\n  (two spaces) end!  \nlast."}]
+    out = Masker(tok)([conv])
+    md = mask_preview_markdown(out["input_ids"], out["labels"], tok, rows=1)
+    rendered = markdown_it.MarkdownIt("commonmark").render(md.split("\n\n", 1)[1])  # without the legend
+    assert "**" not in rendered  # every delimiter became emphasis
+    strong = "".join(html.unescape(x) for x in re.findall(r"<strong>(.*?)</strong>", rendered, flags=re.S))
+    trained = tok.decode([t for t in out["labels"][0] if t != IGNORE_INDEX])
+    # spaces next to a delimiter are rendered outside the bold on purpose; every other character is inside it
+    assert strong.replace(" ", "") == trained.replace("\n", "⏎").replace(" ", "")
+    assert "Black." in strong and "end!" in strong and "last." in strong
+    # Older renderers (CommonMark < 0.31, as in Dagster's UI) never close `**` right before ⏎ after punctuation.
+    assert not re.search(r"[^\s*]\*\*⏎", md)
 
 
 def test_audit_markdown_has_the_role_table_and_failures():

@@ -30,6 +30,16 @@ def text_tokenizer(tokenizer: Any) -> Any:
     return getattr(tokenizer, "tokenizer", None) or tokenizer
 
 
+def token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of one vocabulary entry (added tokens included), or None. A fast tokenizer answers from its
+    backend without building the whole vocabulary (`get_vocab()` costs ≈0.2 s on Qwen's 150k entries)."""
+    tok = text_tokenizer(tokenizer)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "token_to_id"):
+        return backend.token_to_id(token)
+    return tok.get_vocab().get(token)
+
+
 def encode_marker(tokenizer: Any, text: str) -> tuple[int, ...]:
     """Token ids of a marker encoded on its own (for SentencePiece: with the dummy `▁` prefix, as
     after BOS or a space, which is where Mistral v1 puts `[INST]` and `[/INST]`)."""
@@ -76,15 +86,12 @@ def _marker_ids(tokenizer: Any, text: str | None, where: str) -> tuple[int, ...]
 def detect_family(tokenizer: Any, chat_template: str | None = None) -> Family | None:
     """The built-in family whose markers the template (or, without one, the vocabulary) uses."""
     tmpl = template_text(tokenizer, chat_template)
-    vocab = None
     for fam in FAMILIES:
         if tmpl is not None:
             if all(s in tmpl for s in fam.signature):
                 return fam
-        else:
-            vocab = vocab if vocab is not None else text_tokenizer(tokenizer).get_vocab()
-            if all(s in vocab for s in fam.signature):
-                return fam
+        elif all(token_id(tokenizer, s) is not None for s in fam.signature):
+            return fam
     return None
 
 
@@ -120,9 +127,8 @@ def from_specs(
 def builtin_boundaries(tokenizer: Any, family: Family) -> list[RoleBoundary]:
     """A family's markers as ids; markers the tokenizer cannot encode (other versions) are skipped."""
     specs = []
-    vocab = text_tokenizer(tokenizer).get_vocab()
     for s in family.markers:
-        if s.requires_token and s.start not in vocab:
+        if s.requires_token and token_id(tokenizer, s.start) is None:
             continue
         try:
             _marker_ids(tokenizer, s.start, "start")
@@ -198,8 +204,7 @@ def boundaries_for(
 def media_ids(tokenizer: Any) -> tuple[int, ...]:
     """Ids of the media placeholder and begin/end/break tokens this tokenizer (or processor) has."""
     tok = text_tokenizer(tokenizer)
-    vocab = tok.get_vocab()
-    ids = {vocab[t] for t in MEDIA_TOKENS if t in vocab}
+    ids = {i for i in (token_id(tok, t) for t in MEDIA_TOKENS) if i is not None}
     # Processors name their media tokens; include them even when not in our list.
     for attr in (
         "image_token",
@@ -212,8 +217,9 @@ def media_ids(tokenizer: Any) -> tuple[int, ...]:
     ):
         for obj in (tokenizer, tok):
             t = getattr(obj, attr, None)
-            if isinstance(t, str) and t in vocab:
-                ids.add(vocab[t])
+            i = token_id(tok, t) if isinstance(t, str) else None
+            if i is not None:
+                ids.add(i)
     return tuple(sorted(ids))
 
 

@@ -26,14 +26,28 @@ def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, lis
 
 
 def _render(text: str, trained: bool) -> str:
+    """One segment as markdown. Trained text is **bold** and masked text `code`; a newline is ⏎ plus a hard line
+    break, styled like the newline token (bold when trained, code when masked). CommonMark only opens `**` before a non-space and closes it after one, and older renderers (Dagster's
+    UI) do not close it between punctuation and ⏎, so a trained line's surrounding spaces stay outside the
+    emphasis and its ⏎ goes inside."""
+    lines = text.split("\n")
     parts = []
-    for i, line in enumerate(text.split("\n")):
-        if i:
-            parts.append("⏎  \n")  # two spaces: a markdown hard line break
-        if line.strip():
-            parts.append(f"**{line.translate(_MD_SPECIAL)}**" if trained else f"`{line.replace('`', 'ˋ')}`")
-        elif line:
-            parts.append("·" * len(line))  # keep visible spacing without breaking the emphasis
+    for i, line in enumerate(lines):
+        nl = "⏎" if i < len(lines) - 1 else ""
+        body = line.strip()
+        if trained and (body or nl):
+            lead = line[: len(line) - len(line.lstrip())]
+            trail = line[len(line.rstrip()) :] if body else ""
+            if nl:
+                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}{trail}{nl}**")
+            else:
+                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}**{trail}")
+        elif body or nl:  # a masked newline is code too, so ⏎ never sits right after a closing `**`
+            parts.append(f"`{line.replace('`', 'ˋ')}{nl}`")
+        else:
+            parts.append("·" * len(line))  # keep visible spacing of a blank masked line
+        if nl:
+            parts.append("  \n")  # two spaces: a markdown hard line break
     return "".join(parts)
 
 
