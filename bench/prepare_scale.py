@@ -37,30 +37,47 @@ def write_jsonl(path: Path, rows: int, seed: int = 0) -> None:
 
 
 class PeakRSS(threading.Thread):
-    """Samples the memory of this process and all its children every 0.5 s; keeps the maximum of the sum.
+    """Samples the memory of this process and all its children every 0.5 s; keeps the maximum of the sums.
 
-    PSS (proportional set size) where the kernel reports it, so pages the map workers share with the parent
-    after fork are counted once; RSS otherwise (an upper bound; summed RSS counts each forked page once per
-    process). PSS includes the pages of the memory-mapped Arrow files that were read."""
+    PSS (proportional set size): pages the map workers share with the parent after fork count once. It has two
+    parts (Linux `smaps_rollup`): anonymous memory (Python objects, buffers: what a program holds) and file pages,
+    here the pages of the memory-mapped Arrow files that were read, which the kernel drops under memory pressure
+    but counts as resident until then. `phase` names what ran at the peak."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = 0
+        self.peak = self.peak_anon = 0
+        self.phase, self.at_peak, self.at_peak_anon = "start", "", ""
         self.stop = threading.Event()
+
+    @staticmethod
+    def rollup(pid: int) -> tuple[int, int]:
+        pss = anon = 0
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key == "Pss":
+                    pss = int(rest.split()[0]) * 1024
+                elif key == "Pss_Anon":
+                    anon = int(rest.split()[0]) * 1024
+        return pss, anon
 
     def run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while not self.stop.is_set():
-            total = 0
+            total = anon = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    info = p.memory_full_info()
-                    total += getattr(info, "pss", info.rss)
-                except psutil.Error:
+                    a, b = self.rollup(p.pid)
+                    total, anon = total + a, anon + b
+                except (OSError, ValueError, psutil.Error):
                     pass
-            self.peak = max(self.peak, total)
+            if total > self.peak:
+                self.peak, self.at_peak = total, self.phase
+            if anon > self.peak_anon:
+                self.peak_anon, self.at_peak_anon = anon, self.phase
             time.sleep(0.5)
 
 
@@ -100,16 +117,23 @@ def main() -> None:
     monitor.start()
     for stage in ("dataset", "prepared"):
         t0 = time.perf_counter()
-        out = run_stage(recipe, stage, store, keys=keys, log=lambda m: print(m, flush=True))
+        def log(message: str) -> None:
+            monitor.phase = f"{stage}: {message[:60]}"
+            print(message, flush=True)
+
+        monitor.phase = f"{stage}: start"
+        out = run_stage(recipe, stage, store, keys=keys, log=log)
         dt = time.perf_counter() - t0
         rows = out.metadata.get("rows") or out.metadata.get("rows_rows_in") or args.rows
         print(f"{stage}: {out.cache} in {dt:.0f} s = {rows / dt:,.0f} rows/s "
-              f"(peak PSS so far {monitor.peak / 2**30:.2f} GiB)", flush=True)
+              f"(peak PSS so far {monitor.peak / 2**30:.2f} GiB, anonymous {monitor.peak_anon / 2**30:.2f} GiB)",
+              flush=True)
         if stage == "prepared":
             print(f"prepared: {out.metadata.get('tokens', 0):,} tokens = {out.metadata.get('tokens', 0) / dt:,.0f} tok/s")
     monitor.stop.set()
     print(f"prepare scale: {args.rows} rows, {data.stat().st_size / 1e9:.2f} GB JSONL, "
-          f"peak PSS {monitor.peak / 2**30:.2f} GiB (process + workers)")
+          f"peak PSS {monitor.peak / 2**30:.2f} GiB (process + workers; during {monitor.at_peak!r}), "
+          f"of which anonymous at most {monitor.peak_anon / 2**30:.2f} GiB (during {monitor.at_peak_anon!r})")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from newt.pipeline import StageRun
 
 IGNORE = -100
 BATCH = 1000
+# Rows per map call and per written shard. Every chunk is read through a fresh memory map that is released after
+# it, so the file pages a process keeps resident are bounded by a window, not by the dataset (docs/prepare-speed.md).
+WINDOW = 100_000
 AUDIT_ROWS = 1000
 # Row status written by the map; only KEPT rows reach the artifact, the others are counted.
 KEPT, TOO_LONG, ZERO_AS_WRITTEN, ZERO_AFTER_TRUNCATION = 0, 1, 2, 3
@@ -80,6 +83,7 @@ class RowProcessor:
         from newt import formats
 
         self.spec, self.index, self.key_path = spec, index, f"datasets[{index}]"
+        self.offset = 0  # row number of the first row of the window being mapped (errors name source rows)
         self.sequence_len, self.strategy = recipe.sequence_len, recipe.excess_length_strategy
         self.dedup = recipe.dataset_exact_deduplication
         self.tokenizer = tokenizer  # a multimodal processor when recipe.processor_type is set
@@ -97,6 +101,7 @@ class RowProcessor:
         from newt import formats
 
         n = len(indices)
+        indices = [self.offset + i for i in indices]
         rows = [{k: batch[k][r] for k in batch} for r in range(n)]
         images = None
         if self.multimodal:
@@ -233,26 +238,137 @@ def image_base(dataset_path: str) -> str:
 
 def tokenize_source(raw, recipe: Recipe, spec: DatasetSpec, index: int, tokenizer: Any, template: str | None, *,
                     num_proc: int, cache_dir: str, fingerprint: str, processor: RowProcessor | None = None):
-    """One source's Arrow rows → the processed Arrow table (every row, with its status), written under cache_dir.
+    """One source's Arrow rows → the processed Arrow rows (every row, with its status), written under cache_dir.
 
-    The processor (its Masker resolves boundaries once) is built once per source and shipped to the workers."""
+    The rows are mapped WINDOW at a time, each window through a fresh memory map of the source (`reopen`), so no
+    process keeps more than a window of the source resident. The processor (its Masker resolves boundaries once)
+    is built once per source and shipped to the workers of each window."""
+    import datasets
+
     from newt.formats import check_columns
 
     check_columns(raw.column_names, spec, f"datasets[{index}]")
-    num_proc = max(1, min(num_proc, len(raw) // BATCH or 1))  # a worker per batch at most: forks cost ~0.3 s
-    return raw.map(
-        processor or RowProcessor(recipe, spec, index, tokenizer, template),
-        batched=True,
-        batch_size=BATCH,
-        with_indices=True,
-        remove_columns=raw.column_names,
-        features=features(recipe.dataset_exact_deduplication, multimodal=recipe.processor_type is not None),
-        num_proc=num_proc if num_proc > 1 else None,
-        new_fingerprint=fingerprint,  # explicit: datasets would otherwise hash the tokenizer on every call
-        cache_file_name=str(Path(cache_dir) / f"source-{index}.arrow"),
-        load_from_cache_file=False,  # the stage's own key is the cache; a stale temp file must never be read
-        desc=f"prepared: datasets[{index}]",
-    )
+    processor = processor or RowProcessor(recipe, spec, index, tokenizer, template)
+    features_ = features(recipe.dataset_exact_deduplication, multimodal=recipe.processor_type is not None)
+    n, outs = len(raw), []
+    for w, start in enumerate(range(0, max(n, 1), WINDOW)):
+        rows = reopen(raw)
+        if n > WINDOW:
+            rows = rows.select(range(start, min(start + WINDOW, n)))
+        processor.offset = start
+        procs = max(1, min(num_proc, len(rows) // BATCH or 1))  # a worker per batch at most: forks cost ~0.3 s
+        outs.append(rows.map(
+            processor,
+            batched=True,
+            batch_size=BATCH,
+            with_indices=True,
+            remove_columns=rows.column_names,
+            features=features_,
+            num_proc=procs if procs > 1 else None,
+            new_fingerprint=f"{fingerprint}-{w}",  # explicit: datasets would otherwise hash the tokenizer each call
+            cache_file_name=str(Path(cache_dir) / f"source-{index}-{w:05d}.arrow"),
+            load_from_cache_file=False,  # the stage's own key is the cache; a stale temp file must never be read
+            desc=f"prepared: datasets[{index}]",
+        ))
+        del rows
+    processor.offset = 0
+    return outs[0] if len(outs) == 1 else datasets.concatenate_datasets(outs)
+
+
+def arrow_files(ds) -> list[str] | None:
+    """The Arrow files holding `ds`'s rows, in row order; None when `ds` is in memory or a selection."""
+    files = [f["filename"] for f in ds.cache_files]
+    if not files or ds._indices is not None:  # in memory, or a selection (its indices mapping would be lost)
+        return None
+    return files
+
+
+def reopen(ds):
+    """The same rows through a fresh memory map of their Arrow files (an in-memory dataset as it is). Pages read
+    through the old map stay resident until that map is released; a new map starts with none."""
+    import datasets
+
+    files = arrow_files(ds)
+    if files is None:
+        return ds
+    fresh = [datasets.Dataset.from_file(f) for f in files]
+    return fresh[0] if len(fresh) == 1 else datasets.concatenate_datasets(fresh)
+
+
+def gather(files: list[str], offsets: np.ndarray, rows: np.ndarray, columns: list[str]):
+    """Rows `rows` (global indices into the concatenated `files`, any order) as an in-memory Arrow table, reading
+    one file at a time through its own memory map, released before the next.
+
+    A random sample of rows spans the whole file, and every page fault reads ahead (128 kB), so taking shuffled rows
+    through one map leaves nearly the whole file resident. File by file, at most one file is."""
+    import datasets
+    import pyarrow as pa
+
+    by_position = np.argsort(rows, kind="stable")
+    ordered = rows[by_position]
+    file_of = np.searchsorted(offsets, ordered, side="right") - 1
+    pieces = []
+    for j in np.unique(file_of).tolist():
+        local = ordered[file_of == j] - offsets[j]
+        part = datasets.Dataset.from_file(files[j]).select_columns(columns).select(local)
+        pieces.append(part.with_format("arrow")[:])  # copies the rows out of the map
+        del part
+    table = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    back = np.empty_like(by_position)
+    back[by_position] = np.arange(len(by_position))
+    return table.take(pa.array(back))
+
+
+def write_splits(splits: dict[str, tuple[Any, np.ndarray, list[str]]], out: Path, fingerprint: str) -> None:
+    """`splits[name] = (rows, order, columns)`: rows `order` of `rows` → `out` as a DatasetDict that
+    `datasets.load_from_disk` reads, one Arrow shard per WINDOW rows.
+
+    `Dataset.save_to_disk` reads every row through one memory map held for the whole write: for shuffled rows of a
+    2 M-conversation dataset that left 7.4 GiB of file pages resident. Here each shard's rows are gathered file by
+    file (`gather`) and saved on their own, and the shards are then assembled into the layout save_to_disk writes
+    (its `state.json` names the files). `fingerprint` (from the stage key) keeps the folder byte-identical."""
+    import shutil
+
+    import datasets
+    from datasets.table import InMemoryTable
+
+    if out.exists():  # a crashed earlier attempt: never mix its shards with these
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, (rows, order, columns) in splits.items():
+        split_dir = out / name
+        split_dir.mkdir()
+        files = arrow_files(rows)
+        if files is not None:
+            sizes = [datasets.Dataset.from_file(f).num_rows for f in files]
+            if sum(sizes) != len(rows):
+                raise RuntimeError(f"prepared: Arrow files hold {sum(sizes)} rows, the dataset {len(rows)}")
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+        features = datasets.Features({c: rows.features[c] for c in columns})
+        n_shards = max(1, -(-len(order) // WINDOW))
+        state = info = None
+        for k in range(n_shards):
+            idx = np.asarray(order[k * WINDOW:(k + 1) * WINDOW], dtype=np.int64)
+            if files is None:
+                part = rows.select(idx).select_columns(columns)
+            else:
+                part = datasets.Dataset(InMemoryTable(gather(files, offsets, idx, columns)),
+                                        info=datasets.DatasetInfo(features=features))
+            tmp = out / f".{name}-{k}"
+            part.save_to_disk(str(tmp), num_shards=1)
+            del part
+            (tmp / "data-00000-of-00001.arrow").rename(split_dir / f"data-{k:05d}-of-{n_shards:05d}.arrow")
+            if state is None:
+                state = json.loads((tmp / "state.json").read_text())
+                info = json.loads((tmp / "dataset_info.json").read_text())
+            shutil.rmtree(tmp)
+        # Plain rows, no format: what load_from_disk of a freshly saved dataset would see.
+        state.update(_data_files=[{"filename": f"data-{k:05d}-of-{n_shards:05d}.arrow"} for k in range(n_shards)],
+                     _fingerprint=f"{fingerprint}-{name}", _format_columns=None, _format_kwargs={},
+                     _format_type=None, _output_all_columns=False, _split=None)
+        (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        (split_dir / "dataset_info.json").write_text(json.dumps({"features": info["features"]}, indent=2))
+    (out / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
 
 
 def column(ds, name: str) -> np.ndarray:
@@ -286,6 +402,7 @@ def build(run: StageRun) -> dict[str, Any]:
         parts = []
         for i, spec in enumerate(recipe.datasets):
             raw = datasets.load_from_disk(str(source_dir(run.upstream["dataset"], i)))
+            run.log(f"prepared: datasets[{i}] {spec.path}: tokenizing {len(raw)} rows")
             parts.append(tokenize_source(raw, recipe, spec, i, tokenizer, template, num_proc=num_proc,
                                          cache_dir=tmp, fingerprint=f"{run.key[:24]}-{i}"))
             run.log(f"prepared: datasets[{i}] {spec.path}: {len(raw)} rows tokenized")
@@ -309,6 +426,7 @@ def build(run: StageRun) -> dict[str, Any]:
                 f"prepared: no row is left to train on ({counts}); check sequence_len, excess_length_strategy "
                 f"and roles_to_train"
             )
+        run.log(f"prepared: auditing masks; {len(keep)} rows kept of {len(status)}")
         report, problems = masking_report(merged, keep, recipe, tokenizer, template)
         if problems:
             raise PrepareError("prepared: " + "\n".join(problems))
@@ -319,27 +437,30 @@ def build(run: StageRun) -> dict[str, Any]:
             raise PrepareError(
                 f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(order)}; lower it")
         out_cols = ["input_ids", "labels", "messages", "source"] + (["images"] if recipe.processor_type else [])
-        train = merged.select(order[n_val:]).select_columns(out_cols)
-        validation = merged.select(order[:n_val]).select_columns(out_cols)
         lengths, supervised = column(merged, "length"), column(merged, "supervised")
+        splits = {"train": (merged, order[n_val:], out_cols)}
         if recipe.sample_packing:
             from newt.packing import pack_dataset
 
-            train, report["packing"] = pack_dataset(train, lengths[order[n_val:]], recipe.sequence_len,
-                                                    seed=recipe.seed, num_proc=num_proc, cache_dir=tmp,
-                                                    fingerprint=f"{run.key[:24]}-packed")
-        # datasets 5.2 saves an empty split as a folder its load_from_disk rejects: an empty split is left out
-        # (load_prepared gives it back empty).
-        splits = {"train": train, "validation": validation} if n_val else {"train": train}
-        datasets.DatasetDict(splits).save_to_disk(str(Path(run.workdir) / "data"))
+            train = merged.select(order[n_val:]).select_columns(out_cols)
+            packed, report["packing"] = pack_dataset(train, lengths[order[n_val:]], recipe.sequence_len,
+                                                     seed=recipe.seed, num_proc=num_proc, cache_dir=tmp,
+                                                     fingerprint=f"{run.key[:24]}-packed")
+            splits["train"] = (packed, np.arange(len(packed)), packed.column_names)
+        if n_val:  # datasets 5.2's load_from_disk rejects an empty split: it is left out (load_prepared: empty)
+            splits["validation"] = (merged, order[:n_val], out_cols)
+        n_train = len(splits["train"][1])
+        run.log(f"prepared: writing {n_train} train{' (packed)' if recipe.sample_packing else ''} and {n_val} "
+                f"validation rows")
+        write_splits(splits, Path(run.workdir) / "data", fingerprint=run.key[:24])
 
     report["counts"] = {**counts, "rows_kept": len(keep)}
     report["tokens"] = int(lengths[keep].sum())
     report["supervised_tokens"] = int(supervised[keep].sum())
     (Path(run.workdir) / "masking.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     meta = {
-        "rows_train": len(train),
-        "rows_validation": len(validation),
+        "rows_train": n_train,
+        "rows_validation": n_val,
         "tokens": report["tokens"],
         "supervised_tokens": report["supervised_tokens"],
         **{f"rows_{k}": v for k, v in report["counts"].items() if k != "rows_kept"},

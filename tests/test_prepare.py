@@ -163,3 +163,23 @@ def test_sample_packing_packs_train_only(tmp_path: Path, data: Path) -> None:
     assert all(sum(s) == len(ids) <= 64 for s, ids in zip(train["seq_lengths"], train["input_ids"]))
     assert dd["validation"].column_names == ["input_ids", "labels", "messages", "source"]
     assert 0.5 < out.metadata["packing"]["fill"] <= 1.0
+
+
+def test_windows_bound_each_map_and_shard_without_changing_the_rows(tmp_path: Path, data: Path, monkeypatch) -> None:
+    # Each WINDOW of rows is mapped and written through a fresh memory map (the 2 GB scale run's memory bound).
+    whole, dd_whole = prepared(tmp_path, [data], "val_set_size: 4\n", store="a")
+    monkeypatch.setattr(prepare, "WINDOW", 16)  # 40 rows: 3 map windows; 36 train rows: 3 shards
+    windowed, dd = prepared(tmp_path, [data], "val_set_size: 4\n", store="b")
+    assert whole.key == windowed.key
+    for split in ("train", "validation"):
+        assert dd[split].to_dict() == dd_whole[split].to_dict()
+    shards = sorted(p.name for p in (Path(windowed.uri) / "data" / "train").glob("*.arrow"))
+    assert shards == ["data-00000-of-00003.arrow", "data-00001-of-00003.arrow", "data-00002-of-00003.arrow"]
+
+
+def test_an_error_in_a_later_window_names_its_source_row(tmp_path: Path, monkeypatch) -> None:
+    rows = reversal_rows(40)
+    rows[37]["messages"][1]["role"] = "narrator"  # in the third window of 16
+    monkeypatch.setattr(prepare, "WINDOW", 16)
+    with pytest.raises(ValueError, match=r"datasets\[0\] \(.*rev\.jsonl\) row 37, message 1: role 'narrator'"):
+        prepared(tmp_path, [write_rows(tmp_path / "d" / "rev.jsonl", rows)], "dataset_num_proc: 1\n")
