@@ -131,6 +131,12 @@ def main() -> None:
         if stage == "prepared":
             print(f"prepared: {out.metadata.get('tokens', 0):,} tokens = {out.metadata.get('tokens', 0) / dt:,.0f} tok/s")
     monitor.stop.set()
+    import resource
+
+    # Plain max RSS too (what `time -v` reports): per process, counting shared and file pages in full.
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"max RSS: this process {own:.2f} GiB, largest worker {child:.2f} GiB")
     print(f"prepare scale: {args.rows} rows, {data.stat().st_size / 1e9:.2f} GB JSONL, "
           f"peak PSS {monitor.peak / 2**30:.2f} GiB (process + workers; during {monitor.at_peak!r}), "
           f"of which anonymous at most {monitor.peak_anon / 2**30:.2f} GiB (during {monitor.at_peak_anon!r})")
