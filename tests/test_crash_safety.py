@@ -6,7 +6,7 @@ the build, reached by wrapping a library call inside the child only (no test hoo
 
 | stage           | the child is killed                                                                  |
 |-----------------|--------------------------------------------------------------------------------------|
-| prepared        | right after `DatasetDict.save_to_disk` wrote `data/`, before `masking.json`          |
+| prepared        | right after `newt.prepare.write_splits` wrote `data/`, before `masking.json`         |
 | prepared        | in `Store.commit`, after manifest.json was written and fsynced, before `_COMMITTED`   |
 | trained         | mid-training, as soon as the first checkpoint is complete (no hook: a real slow point) |
 | merged          | right after `save_pretrained` wrote the weights, before the tokenizer files          |
@@ -66,9 +66,9 @@ def after(owner, name):
     setattr(owner, name, wrapper)
 
 
-if hook == "save_to_disk":
-    import datasets
-    after(datasets.DatasetDict, "save_to_disk")
+if hook == "write_splits":
+    import newt.prepare
+    after(newt.prepare, "write_splits")
 elif hook == "save_pretrained":
     import transformers
     after(transformers.PreTrainedModel, "save_pretrained")
@@ -184,7 +184,7 @@ def test_prepare_killed_after_writing_its_data_commits_nothing_and_reruns(crash,
     recipe_file = crash["recipe"]("prepare_crash", seed=1)  # a prepared key no other test builds
     store = Store(crash["root"])
     ready, log = tmp_path / "ready", tmp_path / "child.log"
-    proc = start(recipe_file, crash["root"], "prepared", "save_to_disk", ready, log)
+    proc = start(recipe_file, crash["root"], "prepared", "write_splits", ready, log)
     kill_when(proc, ready.exists, log)
     keys = child_keys(ready)
     key = keys["prepared"].key
