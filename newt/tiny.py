@@ -120,28 +120,18 @@ def build_tokenizer():
 def build(spec: TinySpec, out: Path) -> None:
     if spec.image_size:
         return build_vision(spec, out)
-    import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = build_tokenizer()
-    config = _text_config(spec, tokenizer)
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    _init_and_save(LlamaForCausalLM, _text_config(spec, tokenizer), tokenizer, tokenizer, spec.seed, out)
 
 
 def build_vision(spec: TinySpec, out: Path) -> None:
     """LLaVA: CLIP vision tower → projector → Llama; a LlavaProcessor with a PIL CLIP image processor (no
     torchvision needed) that expands each `<image>` to (image_size / 14)² tokens."""
-    import torch
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
-        GenerationConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -161,13 +151,21 @@ def build_vision(spec: TinySpec, out: Path) -> None:
     config = LlavaConfig(vision_config=vision, text_config=_text_config(spec, tokenizer),
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          vision_feature_select_strategy="default", vision_feature_layer=-1)
-    torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config)
+    _init_and_save(LlavaForConditionalGeneration, config, tokenizer, processor, spec.seed, out)
+
+
+def _init_and_save(model_class, config, tokenizer, files, seed: int, out: Path) -> None:
+    """Seeded weights, greedy generation that stops at the tokenizer's EOS, and the tokenizer (or processor) files."""
+    import torch
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
     model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    files.save_pretrained(out)
 
 
 def _text_config(spec: TinySpec, tokenizer):
