@@ -94,7 +94,12 @@ class RowProcessor:
                                f"(processor_type) take chat_template rows")
         self.masker = masker_for(recipe, spec, tokenizer, template) if self.chat else None
         self.roles = formats.role_lookup(spec)
-        self.media = set(self.masker.ignore_ids) if self.multimodal else set()
+        if self.multimodal:
+            from newt.masking import media_ids
+
+            self.media = set(media_ids(tokenizer))
+        else:
+            self.media = set()
         self.image_base = image_base(spec.path) if self.multimodal else None
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:

@@ -180,3 +180,33 @@ def test_an_unknown_processor_type_is_named(tmp_path: Path) -> None:
         load_processor("builtin:tiny-llava", "AutoProcesor")
     with pytest.raises(ValueError, match="not a vision-language model, so remove processor_type"):
         load_processor("builtin:tiny-llama")
+
+
+def test_truncation_never_cuts_through_an_image(tmp_path: Path) -> None:
+    from newt.cache import Store
+    from newt.pipeline import plan, run_stage
+
+    write_image_dataset(tmp_path / "data", n=1)  # the pictures
+    img = {"type": "image", "path": "img/red.png"}
+    rows = [
+        # image in the first turn; the cut at 36 falls in the answer (tokens 24-41): truncated, kept
+        {"messages": [{"role": "user", "content": [img, {"type": "text", "text": "Q"}]},
+                      {"role": "assistant", "content": "a long answer here"}]},
+        # image tokens at 34-37 (after a first exchange): a cut at 36 would split them, so the row is dropped
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": [img, {"type": "text", "text": "Q"}]},
+                      {"role": "assistant", "content": "x"}]},
+    ]
+    data = tmp_path / "data" / "cut.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = parse_recipe(f"base_model: builtin:tiny-llava\nprocessor_type: AutoProcessor\ndatasets:\n"
+                          f"  - path: {data}\nsequence_len: 36\n")
+    store = Store(str(tmp_path / "store"))
+    keys = plan(recipe, ("prepared",))
+    run_stage(recipe, "dataset", store, keys=keys)
+    out = run_stage(recipe, "prepared", store, keys=keys)
+    assert out.metadata["rows_too_long"] == 1 and out.metadata["rows_truncated"] == 1
+    (row,) = load_prepared(Path(out.uri), "train")
+    proc_image = 260  # <image> in builtin:tiny-llava (256 bytes + 1 merge + 3 ChatML tokens)
+    assert len(row["input_ids"]) == 36 and row["input_ids"].count(proc_image) == IMAGE_TOKENS
+    assert json.loads(row["messages"])[1]["content"] == "a long answer here"
