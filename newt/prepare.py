@@ -170,10 +170,10 @@ class RowProcessor:
         labels the expanded ids (newt.masking.multimodal). A bad image reference names its row."""
         from newt.masking.multimodal import process_and_mask
 
-        column = "images" if rows and "images" in rows[0] else "image" if rows and "image" in rows[0] else None
-        per_row = [row.get(column) for row in rows] if column else None
-        per_row = [[x] if x is not None and not isinstance(x, list) else (x or []) for x in per_row] if per_row \
-            else None
+        column = next((c for c in ("images", "image") if rows and c in rows[0]), None)
+        per_row = None
+        if column:  # a list of images per row, or one image, or nothing
+            per_row = [v if isinstance(v, list) else [] if v is None else [v] for v in (r[column] for r in rows)]
         try:
             return process_and_mask(self.tokenizer, convs, self.masker, images=per_row, base=self.image_base)
         except Exception as exc:  # noqa: BLE001 - find the row: a missing file, a bad URL, a template error
@@ -347,35 +347,29 @@ def write_splits(splits: dict[str, tuple[Any, np.ndarray, list[str]]], out: Path
         split_dir = out / name
         split_dir.mkdir()
         files = arrow_files(rows)
-        if files is not None:
-            sizes = [datasets.Dataset.from_file(f).num_rows for f in files]
-            if sum(sizes) != len(rows):
-                raise RuntimeError(f"prepared: Arrow files hold {sum(sizes)} rows, the dataset {len(rows)}")
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
-        features = datasets.Features({c: rows.features[c] for c in columns})
+        sizes = [datasets.Dataset.from_file(f).num_rows for f in files or ()]
+        if files is None or sum(sizes) != len(rows):  # the map and packing always write files; anything else is a bug
+            raise RuntimeError(f"prepared: the {name} rows are not the plain Arrow files they should be ({files})")
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        info = datasets.DatasetInfo(features=datasets.Features({c: rows.features[c] for c in columns}))
         n_shards = max(1, -(-len(order) // WINDOW))
-        state = info = None
+        state = None
         for k in range(n_shards):
             idx = np.asarray(order[k * WINDOW:(k + 1) * WINDOW], dtype=np.int64)
-            if files is None:
-                part = rows.select(idx).select_columns(columns)
-            else:
-                part = datasets.Dataset(InMemoryTable(gather(files, offsets, idx, columns)),
-                                        info=datasets.DatasetInfo(features=features))
+            part = datasets.Dataset(InMemoryTable(gather(files, offsets, idx, columns)), info=info)
             tmp = out / f".{name}-{k}"
             part.save_to_disk(str(tmp), num_shards=1)
             del part
             (tmp / "data-00000-of-00001.arrow").rename(split_dir / f"data-{k:05d}-of-{n_shards:05d}.arrow")
             if state is None:
                 state = json.loads((tmp / "state.json").read_text())
-                info = json.loads((tmp / "dataset_info.json").read_text())
             shutil.rmtree(tmp)
         # Plain rows, no format: what load_from_disk of a freshly saved dataset would see.
         state.update(_data_files=[{"filename": f"data-{k:05d}-of-{n_shards:05d}.arrow"} for k in range(n_shards)],
                      _fingerprint=f"{fingerprint}-{name}", _format_columns=None, _format_kwargs={},
                      _format_type=None, _output_all_columns=False, _split=None)
         (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-        (split_dir / "dataset_info.json").write_text(json.dumps({"features": info["features"]}, indent=2))
+        (split_dir / "dataset_info.json").write_text(json.dumps({"features": info.features.to_dict()}, indent=2))
     (out / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
 
 

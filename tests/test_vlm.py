@@ -210,3 +210,20 @@ def test_truncation_never_cuts_through_an_image(tmp_path: Path) -> None:
     proc_image = 260  # <image> in builtin:tiny-llava (256 bytes + 1 merge + 3 ChatML tokens)
     assert len(row["input_ids"]) == 36 and row["input_ids"].count(proc_image) == IMAGE_TOKENS
     assert json.loads(row["messages"])[1]["content"] == "a long answer here"
+
+
+def test_image_references_base64_and_leftovers() -> None:
+    import base64
+
+    from newt.masking.multimodal import image_bytes, image_refs
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), 7, dtype=np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    raw, url = base64.b64encode(png).decode(), "data:image/png;base64," + base64.b64encode(png).decode()
+    conv = [{"role": "user", "content": [{"type": "image", "base64": raw}, {"type": "image", "url": url},
+                                         {"type": "image"}]}]
+    refs = image_refs(conv, ["from-column.png"])
+    assert [image_bytes(r) for r in refs[:2]] == [png, png] and refs[2] == "from-column.png"
+    with pytest.raises(ValueError, match=r'1 image\(s\) more than its messages have image parts \({"type": "image"}\)'):
+        image_refs(conv, ["a.png", "b.png"])

@@ -64,8 +64,9 @@ def image_refs(conversation: list[dict], column_images: Sequence[Any] = ()) -> l
         for part in content:
             if not isinstance(part, dict) or part.get("type") not in ("image", "image_url"):
                 continue
-            ref = next((part[k] for k in IMAGE_KEYS if part.get(k) is not None), None)
-            if isinstance(ref, str) and part.get("base64") is ref and not ref.startswith("data:"):
+            key = next((k for k in IMAGE_KEYS if part.get(k) is not None), None)
+            ref = part[key] if key else None
+            if key == "base64" and not str(ref).startswith("data:"):  # raw base64: any image format decodes
                 ref = "data:image/png;base64," + ref
             if ref is None:
                 if not column:
