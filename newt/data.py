@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 
 def source_dir(dataset_artifact: Path, index: int) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe, metric_direction
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 Results = dict[str, dict[str, float]]  # {variant: {metric: value}}
 

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 
 def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", adapter: str | None = "lora",

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from newt import STAGES
 from newt.cache import Store, code_version, compute_key
 from newt.config import Recipe, stage_fields
+from newt.stage import Launcher, Log, StageRun
 
 
 @dataclass(frozen=True)
@@ -141,24 +141,6 @@ def asset_code_version(recipe: Recipe, stage: str) -> str:
 
 # --- running a stage -----------------------------------------------------------------------------------------
 
-Launcher = Callable[[list[str], dict[str, str]], None]
-Log = Callable[[str], None]
-
-
-@dataclass
-class StageRun:
-    """What a stage builder gets: its recipe, key, work folder, upstream artifact folders and the seams."""
-
-    recipe: Recipe
-    stage: str
-    key: str
-    workdir: Path
-    upstream: dict[str, Path]
-    launcher: Launcher | None = None
-    log: Log = print
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass
 class StageOutcome:
     stage: str
@@ -170,24 +152,16 @@ class StageOutcome:
 
 
 def builders() -> dict[str, Callable[[StageRun], dict[str, Any]]]:
-    from newt import data, evaluate, merge, prepare, train
+    from newt import data, evaluate, merge, prepare, quantize, train
 
     return {
         "dataset": data.build,
         "prepared": prepare.build,
         "trained": train.build,
         "merged": merge.build,
-        "quantized": _build_quantized,
+        "quantized": quantize.build,
         "evaluation": evaluate.build,
     }
-
-
-def _build_quantized(run: StageRun) -> dict[str, Any]:
-    from newt.merge import model_dir
-    from newt.quantize import quantize
-
-    method = run.recipe.quantize.variants()[run.extra.get("node", "quantized")]
-    return quantize(model_dir(run.upstream["merged"]), Path(run.workdir) / "model", method)
 
 
 def run_stage(

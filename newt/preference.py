@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 NEEDS = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"), "grpo": ("prompt",)}
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from newt.config import DatasetSpec, Recipe
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 IGNORE = -100
 BATCH = 1000

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from newt.stage import StageRun
 
 Method = Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"]
 METHODS: tuple[str, ...] = (
@@ -263,3 +265,10 @@ def _source_dtype(model_dir: Path) -> str | None:
 
 def _weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+
+
+def build(run: StageRun) -> dict[str, Any]:
+    from newt.merge import model_dir
+
+    method = run.recipe.quantize.variants()[run.extra.get("node", "quantized")]
+    return quantize(model_dir(run.upstream["merged"]), Path(run.workdir) / "model", method)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe
-from newt.pipeline import StageRun
+from newt.stage import StageRun
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
