@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from newt.cache import dir_digest
+from newt.digest import dir_digest
 from newt.tiny import ensure_builtin
 
 # Files that make up a tokenizer; a change to any of them changes the `prepared` key, a weights change does not.

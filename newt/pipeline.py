@@ -104,7 +104,7 @@ def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
     if stage == "trained":
         return {"base_model_files": models.weights_digest(recipe.base_model)}
     if stage == "evaluation" and recipe.eval.lm_eval_include_path:
-        from newt.cache import dir_digest
+        from newt.digest import dir_digest
 
         return {"lm_eval_task_files": dir_digest(recipe.eval.lm_eval_include_path)}
     return {}

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from newt.cache import file_sha256
+from newt.digest import file_sha256
 from newt.sources.errors import SourceError, redact_url
 from newt.sources.files import DataFile, Located, locate
 from newt.sources.hub import hub_commit
