@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from newt.export import QuantizeError
 from newt.stage import StageRun
 
 Method = Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"]
@@ -54,10 +55,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
-
-
-class QuantizeError(ValueError):
-    """A method that cannot run for this model, architecture or device; the message says what can."""
 
 
 def quantize(model_dir: Path, out_dir: Path, method: str, *, device: str = "cpu") -> dict:

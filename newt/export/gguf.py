@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from newt.quantize import QuantizeError
+from newt.export import QuantizeError
 
 GGUFType = Literal["f16", "q8_0"]
 
