@@ -1,8 +1,8 @@
 """Loss masking: one role-boundary scanner for text and multimodal rows (see docs/masking.md)."""
 
 from newt.masking.audit import audit, audit_problems
-from newt.masking.boundaries import boundaries_for, detect_family, media_ids, validate_role_boundaries
-from newt.masking.masker import Masker, render_and_mask
+from newt.masking.boundaries import detect_family, media_ids, validate_role_boundaries
+from newt.masking.masker import Masker, boundaries_for, render_and_mask
 from newt.masking.preview import audit_markdown, mask_preview_markdown
 from newt.masking.scanner import (
     IGNORE_INDEX,

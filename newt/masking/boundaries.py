@@ -183,24 +183,6 @@ def specs_from_recipe(specs: Sequence[dict]) -> list[MarkerSpec]:
     return [MarkerSpec(**{**SPEC_DEFAULTS, **s}) for s in specs]
 
 
-def boundaries_for(
-    tokenizer: Any, chat_template: str | None = None, overrides: Sequence[dict] | None = None
-) -> list[RoleBoundary]:
-    """The boundaries to scan with: the recipe's (a non-empty list replaces the built-ins wholesale),
-    else the built-in family's, else ones derived from the template. [] when none can be found."""
-    if overrides:
-        problems = validate_role_boundaries(overrides, tokenizer)
-        if problems:
-            raise MaskingError("invalid role_boundaries:\n  " + "\n  ".join(problems))
-        return from_specs(tokenizer, specs_from_recipe(overrides))
-    family = detect_family(tokenizer, chat_template)
-    if family is not None:
-        return builtin_boundaries(tokenizer, family)
-    from newt.masking.derive import derive_boundaries  # derive renders templates: import when needed
-
-    return derive_boundaries(tokenizer, chat_template)
-
-
 def media_ids(tokenizer: Any) -> tuple[int, ...]:
     """Ids of the media placeholder and begin/end/break tokens this tokenizer (or processor) has."""
     tok = text_tokenizer(tokenizer)

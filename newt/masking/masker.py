@@ -7,8 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from newt.masking.boundaries import boundaries_for, media_ids, pad_ids, template_text, text_tokenizer
+from newt.masking.boundaries import (
+    builtin_boundaries,
+    detect_family,
+    from_specs,
+    media_ids,
+    pad_ids,
+    specs_from_recipe,
+    template_text,
+    text_tokenizer,
+    validate_role_boundaries,
+)
 from newt.masking.scanner import (
+    MaskingError,
     RoleBoundary,
     TrainOnEos,
     build_labels_batch,
@@ -20,6 +31,24 @@ from newt.masking.scanner import (
 # Llama 3.1/3.2 templates print today's date unless `date_string` is given; a pinned date keeps
 # renders (and so prepared-data cache keys) reproducible. 26 Jul 2024 is the templates' own fallback.
 DEFAULT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+
+def boundaries_for(
+    tokenizer: Any, chat_template: str | None = None, overrides: Sequence[dict] | None = None
+) -> list[RoleBoundary]:
+    """The boundaries to scan with: the recipe's (a non-empty list replaces the built-ins wholesale),
+    else the built-in family's, else ones derived from the template. [] when none can be found."""
+    if overrides:
+        problems = validate_role_boundaries(overrides, tokenizer)
+        if problems:
+            raise MaskingError("invalid role_boundaries:\n  " + "\n  ".join(problems))
+        return from_specs(tokenizer, specs_from_recipe(overrides))
+    family = detect_family(tokenizer, chat_template)
+    if family is not None:
+        return builtin_boundaries(tokenizer, family)
+    from newt.masking.derive import derive_boundaries  # derive renders templates: import when needed
+
+    return derive_boundaries(tokenizer, chat_template)
 
 
 class Masker:
