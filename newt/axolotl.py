@@ -16,7 +16,7 @@ off"; newt's schema forbids unknown keys, which is why this list exists at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _OFF = (None, False, "", [], {})
@@ -230,20 +230,22 @@ def _apply(
     return out, problems, notes
 
 
-def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema pass untouched."""
-    from newt.config import DatasetSpec, Recipe
-
+def translate(
+    data: dict[str, Any], recipe_keys: Iterable[str], dataset_keys: Iterable[str]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema (`recipe_keys`,
+    `dataset_keys`: the schema's field names, passed in because the schema module calls this one) pass untouched."""
+    recipe_keys, dataset_keys = set(recipe_keys), set(dataset_keys)
     pre: list[str] = []
     if (
         data.get("load_in_4bit") is True
         and data.get("adapter") == "qlora"
-        and "load_in_4bit" not in Recipe.model_fields
+        and "load_in_4bit" not in recipe_keys
     ):
         # Axolotl's QLoRA spelling is the pair; newt's `adapter: qlora` already means the 4-bit base.
         data = {k: v for k, v in data.items() if k != "load_in_4bit"}
         pre.append("load_in_4bit: True is implied by adapter: qlora; accepted (you can delete it)")
-    out, problems, notes = _apply(data, set(Recipe.model_fields), RENAMES, UNSUPPORTED, "")
+    out, problems, notes = _apply(data, recipe_keys, RENAMES, UNSUPPORTED, "")
     notes = pre + notes
     datasets = out.get("datasets")
     if isinstance(datasets, list):
@@ -253,7 +255,7 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
                 fixed.append(spec)
                 continue
             spec_out, p, n = _apply(
-                spec, set(DatasetSpec.model_fields), DATASET_RENAMES, DATASET_UNSUPPORTED, f"datasets[{i}]."
+                spec, dataset_keys, DATASET_RENAMES, DATASET_UNSUPPORTED, f"datasets[{i}]."
             )
             if "message_property_mappings" in spec_out and "message_property_mappings" not in spec:
                 # a partial mapping from the old spellings keeps the default for the other half

@@ -489,7 +489,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>", name: str = "recipe") -
     from newt.axolotl import translate
 
     # Axolotl-only keys: rewritten to their newt spelling, or each named in the error with the alternative.
-    data, problems, notes = translate(data)
+    data, problems, notes = translate(data, Recipe.model_fields, DatasetSpec.model_fields)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
