@@ -138,7 +138,7 @@ def build_preference(run: StageRun) -> dict[str, Any]:
 
     from newt import models
     from newt.data import source_dir
-    from newt.prepare import held_out_count
+    from newt.prepare_shards import held_out_count
 
     recipe = run.recipe
     method = recipe.rl

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from newt import prepare
+from newt import prepare, prepare_rows, prepare_shards
 from newt.cache import Store
 from newt.config import parse_recipe
 from newt.masking import render_and_mask
@@ -145,7 +145,7 @@ def test_mask_audit_gate(tmp_path: Path, data: Path) -> None:
 
 
 def test_dataset_num_proc_does_not_change_the_output(tmp_path: Path, data: Path, monkeypatch) -> None:
-    monkeypatch.setattr(prepare, "BATCH", 8)  # 5 batches, so two processes really split the work
+    monkeypatch.setattr(prepare_rows, "BATCH", 8)  # 5 batches, so two processes really split the work
     one, _ = prepared(tmp_path, [data], "dataset_num_proc: 1\nval_set_size: 4\n", store="a")
     two, _ = prepared(tmp_path, [data], "dataset_num_proc: 2\nval_set_size: 4\n", store="b")
     assert one.key == two.key  # not in the key ...
@@ -168,7 +168,8 @@ def test_sample_packing_packs_train_only(tmp_path: Path, data: Path) -> None:
 def test_windows_bound_each_map_and_shard_without_changing_the_rows(tmp_path: Path, data: Path, monkeypatch) -> None:
     # Each WINDOW of rows is mapped and written through a fresh memory map (the 2 GB scale run's memory bound).
     whole, dd_whole = prepared(tmp_path, [data], "val_set_size: 4\n", store="a")
-    monkeypatch.setattr(prepare, "WINDOW", 16)  # 40 rows: 3 map windows; 36 train rows: 3 shards
+    monkeypatch.setattr(prepare_rows, "WINDOW", 16)  # 40 rows: 3 map windows; 36 train rows: 3 shards
+    monkeypatch.setattr(prepare_shards, "WINDOW", 16)
     windowed, dd = prepared(tmp_path, [data], "val_set_size: 4\n", store="b")
     assert whole.key == windowed.key
     for split in ("train", "validation"):
@@ -180,6 +181,6 @@ def test_windows_bound_each_map_and_shard_without_changing_the_rows(tmp_path: Pa
 def test_an_error_in_a_later_window_names_its_source_row(tmp_path: Path, monkeypatch) -> None:
     rows = reversal_rows(40)
     rows[37]["messages"][1]["role"] = "narrator"  # in the third window of 16
-    monkeypatch.setattr(prepare, "WINDOW", 16)
+    monkeypatch.setattr(prepare_rows, "WINDOW", 16)
     with pytest.raises(ValueError, match=r"datasets\[0\] \(.*rev\.jsonl\) row 37, message 1: role 'narrator'"):
         prepared(tmp_path, [write_rows(tmp_path / "d" / "rev.jsonl", rows)], "dataset_num_proc: 1\n")
