@@ -32,7 +32,7 @@ import fsspec
 
 from newt import __version__
 from newt.digest import file_sha256
-from newt.tiny import cache_dir
+from newt.home import cache_dir
 
 MARKER = "_COMMITTED"
 MANIFEST = "manifest.json"

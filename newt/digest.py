@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from newt.tiny import cache_dir
+from newt.home import cache_dir
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from newt.home import cache_dir
+
 # Bump when the builder's output changes: it is part of the folder name, so old builds are never reused.
 BUILDER_VERSION = "2"
 
@@ -62,11 +64,6 @@ BUILTINS = {
     "tiny-llava": TinySpec(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, image_size=28),
 }
-
-
-def cache_dir() -> Path:
-    """newt's local cache for built-in models and file digests (NEWT_CACHE_DIR, default ~/.cache/newt)."""
-    return Path(os.environ.get("NEWT_CACHE_DIR") or Path.home() / ".cache" / "newt")
 
 
 def ensure_builtin(name: str) -> Path:
