@@ -17,7 +17,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -49,21 +48,6 @@ def canonical_json(obj: Any) -> bytes:
 
 def compute_key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(inputs)).hexdigest()[:KEY_LENGTH]
-
-
-def code_version(modules: list[str]) -> str:
-    """Hash of the source of the modules (packages: every .py file in them) that implement a stage."""
-    h = hashlib.sha256(__version__.encode())
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise CacheError(f"code_version: module {name} not found")
-        origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-        for f in files:
-            h.update(f.as_posix().rsplit("/newt/", 1)[-1].encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 # --- the store -----------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 
 from newt.stage import StageRun
 
+USES_LIBRARIES = ("bitsandbytes",)  # QLoRA bases load through transformers' BitsAndBytesConfig (newt.codeversion)
+
 
 def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", adapter: str | None = "lora",
           chat_template: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:

@@ -8,12 +8,14 @@ therefore be computed before anything runs (`plan`), which is what `newt plan`, 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from newt import STAGES
-from newt.cache import Store, code_version, compute_key
+from newt.cache import Store, compute_key
+from newt.codeversion import CodeVersion, code_version
 from newt.config import Recipe, stage_fields
 from newt.stage import Launcher, Log, StageRun
 
@@ -22,22 +24,20 @@ from newt.stage import Launcher, Log, StageRun
 class StageDef:
     name: str
     upstream: tuple[str, ...]
-    modules: tuple[str, ...]  # the code whose source is the stage's code version
+    entry: str  # the module whose `build(StageRun)` materializes the stage; its imports are the code version
     description: str
 
 
 STAGE_DEFS: dict[str, StageDef] = {
     s.name: s
     for s in (
-        StageDef("dataset", (), ("newt.data", "newt.sources"), "Raw rows fetched from each source, with content versions."),
-        StageDef("prepared", ("dataset",), ("newt.prepare", "newt.formats", "newt.packing", "newt.masking", "newt.templates",
-                                             "newt.preference"),
+        StageDef("dataset", (), "newt.data", "Raw rows fetched from each source, with content versions."),
+        StageDef("prepared", ("dataset",), "newt.prepare",
                  "Chat-templated, tokenized rows with loss masks, split into train and held-out."),
-        StageDef("trained", ("prepared",), ("newt.train", "newt.rewards"),
-                 "SFT (full, LoRA, QLoRA), DPO, KTO or GRPO run under accelerate."),
-        StageDef("merged", ("trained",), ("newt.merge",), "Adapter merged into safetensors weights + tokenizer."),
-        StageDef("quantized", ("merged",), ("newt.quantize", "newt.export", "newt.pipeline"), "Quantized/exported model that reloads."),
-        StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate",),
+        StageDef("trained", ("prepared",), "newt.train", "SFT (full, LoRA, QLoRA), DPO, KTO or GRPO run under accelerate."),
+        StageDef("merged", ("trained",), "newt.merge", "Adapter merged into safetensors weights + tokenizer."),
+        StageDef("quantized", ("merged",), "newt.quantize", "Quantized/exported model that reloads."),
+        StageDef("evaluation", ("prepared", "merged", "quantized"), "newt.evaluate",
                  "Held-out loss and generation exact match for each model variant; gates are asset checks."),
     )
 }
@@ -110,6 +110,22 @@ def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
     return {}
 
 
+def entry_points(recipe: Recipe, stage: str) -> list[str]:
+    """The modules that run a stage: its builder's, and for `trained` the training child the builder launches
+    (`newt.train.<method>`, a separate process, so no import of the builder leads to it)."""
+    points = [STAGE_DEFS[stage].entry]
+    if stage == "trained":
+        from newt.train import module_of
+
+        points.append(module_of(recipe))
+    return points
+
+
+def stage_code(recipe: Recipe, stage: str) -> CodeVersion:
+    """A stage's code version, derived from its entry points (newt.codeversion)."""
+    return code_version(entry_points(recipe, stage))
+
+
 def plan(recipe: Recipe, stages: tuple[str, ...] | None = None) -> dict[str, KeyInfo]:
     """Keys of the requested nodes (default: all, `nodes(recipe)`) and, necessarily, of everything upstream."""
     out: dict[str, KeyInfo] = {}
@@ -118,9 +134,11 @@ def plan(recipe: Recipe, stages: tuple[str, ...] | None = None) -> dict[str, Key
     def visit(node: str) -> KeyInfo:
         if node not in out:
             stage = stage_of(node)
+            code = stage_code(recipe, stage)
             inputs = {
                 "stage": stage,
-                "code_version": code_version(list(STAGE_DEFS[stage].modules)),
+                "code_version": code.version,
+                "code": {"modules": code.modules, "libraries": code.libraries},  # what `newt plan` names
                 "fields": node_fields(recipe, node),
                 "upstream": {u: visit(u).key for u in upstream_of(recipe, node)},
                 "external": external_inputs(recipe, stage),
@@ -135,8 +153,8 @@ def plan(recipe: Recipe, stages: tuple[str, ...] | None = None) -> dict[str, Key
 
 def asset_code_version(recipe: Recipe, stage: str) -> str:
     """What Dagster shows as the asset's code version: the stage's code plus its recipe fields."""
-    sdef = STAGE_DEFS[stage_of(stage)]
-    return compute_key({"code": code_version(list(sdef.modules)), "fields": node_fields(recipe, stage)})[:16]
+    code = stage_code(recipe, stage_of(stage)).version
+    return compute_key({"code": code, "fields": node_fields(recipe, stage)})[:16]
 
 
 # --- running a stage -----------------------------------------------------------------------------------------
@@ -152,16 +170,8 @@ class StageOutcome:
 
 
 def builders() -> dict[str, Callable[[StageRun], dict[str, Any]]]:
-    from newt import data, evaluate, merge, prepare, quantize, train
-
-    return {
-        "dataset": data.build,
-        "prepared": prepare.build,
-        "trained": train.build,
-        "merged": merge.build,
-        "quantized": quantize.build,
-        "evaluation": evaluate.build,
-    }
+    """Each stage's `build`, from its entry module: the code that runs is the code its key hashes."""
+    return {name: importlib.import_module(sdef.entry).build for name, sdef in STAGE_DEFS.items()}
 
 
 def run_stage(

@@ -41,6 +41,7 @@ METHODS: tuple[str, ...] = (
 )
 
 GGUF_FILE = "model.gguf"
+USES_LIBRARIES = ("bitsandbytes",)  # the bnb methods run through transformers' BitsAndBytesConfig (newt.codeversion)
 INFO_FILE = "quantize.json"
 # Everything a tokenizer may be saved as; copied beside the quantised weights when present.
 TOKENIZER_FILES = (

@@ -23,6 +23,7 @@ from newt.config import Recipe
 from newt.stage import StageRun
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+USES_LIBRARIES = ("accelerate",)  # launched as `python -m accelerate.commands.launch` (newt.codeversion)
 
 # Columns of the prepared data each method trains on (newt/prepare.py for SFT, newt/preference.py for the rest).
 METHOD_COLUMNS = {

@@ -23,6 +23,8 @@ from newt.config import Recipe
 from newt.train.hardware import check_settings
 from newt.train.report import Reporter
 
+USES_LIBRARIES = ("bitsandbytes",)  # QLoRA bases load through transformers' BitsAndBytesConfig (newt.codeversion)
+
 CHECKPOINTS = "checkpoints"
 
 
