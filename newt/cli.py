@@ -124,6 +124,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         changes = diff_inputs(before.get("inputs", {}), info.inputs)
         print(f"{'':<{width}}    changed since {before['key'][:12]}… ({before.get('committed_at', '?')}):")
         for path, old, new in changes:
+            if path == "code_version" and len(changes) > 1:
+                continue  # the module and library lines say why it changed
+            path = path.replace("code.modules.", "module ", 1).replace("code.libraries.", "library ", 1)
             print(f"{'':<{width}}      {path}: {_short(old)} → {_short(new)}")
     return 0
 
