@@ -50,7 +50,9 @@ class RoleBoundarySpec(Strict):
 class DatasetSpec(Strict):
     """One data source and how its rows become conversations."""
 
-    path: str = knob(..., "Local file/folder, fsspec URL (s3://, gs://, az://, https://) or hub dataset name.", "dataset")
+    # issue 13: no stage tag. Keys hold the source's content version instead (newt.sources.identity), so the same
+    # bytes under another spelling or folder hit every stage.
+    path: str = knob(..., "Local file/folder, fsspec URL (s3://, gs://, az://, https://) or hub dataset name.")
     type: Literal["chat_template", "alpaca", "completion", "input_output"] = knob(
         "chat_template",
         "Row format (docs/data-formats.md): `chat_template` = a list of messages per row (OpenAI or ShareGPT), "
@@ -318,9 +320,9 @@ class Recipe(Strict):
     )
     weight_decay: float = knob(0.0, "Decoupled weight decay.", "trained", ge=0)
     logging_steps: int = knob(10, "Steps between metric reports to the run log (not part of any key).", ge=1)
-    save_steps: int = knob(
-        50, "Steps between checkpoints in the stage's work folder; a crashed run resumes from the last one.",
-        "trained", ge=1,
+    save_steps: int = knob(  # issue 13: cadence only, no stage tag: checkpoints never change the weights
+        50, "Steps between checkpoints in the stage's work folder; a crashed run resumes from the last one "
+        "(not part of any key).", ge=1,
     )
 
     # method (docs/training.md). Names follow Axolotl: rl, rl_beta, trl.{num_generations, ...}.

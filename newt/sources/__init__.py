@@ -13,7 +13,7 @@ from newt.sources.files import FORMATS, Located, format_of, is_hub_name, locate
 from newt.sources.hub import hub_commit
 from newt.sources.load import load_source
 from newt.sources.options import literal_secrets, open_store_fs, redact, resolve_storage_options, scrub
-from newt.sources.version import file_sha256, source_version
+from newt.sources.version import file_sha256, identity, source_version
 
 __all__ = [
     "FORMATS",
@@ -31,5 +31,6 @@ __all__ = [
     "redact_url",
     "resolve_storage_options",
     "scrub",
+    "identity",
     "source_version",
 ]

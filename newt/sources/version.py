@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from newt.digest import file_sha256
@@ -23,6 +20,10 @@ from newt.sources.hub import hub_commit
 from newt.sources.options import short_error
 
 _CHUNK = 1 << 20
+# Kinds of version computed from the bytes themselves (a hub commit sha is git's hash of the tree): the same bytes
+# anywhere have the same version. The others (a GCS generation, an ETag) only tell apart the versions of one object,
+# so a key needs the object's location beside them (`identity`).
+CONTENT_KINDS = frozenset({"sha256", "md5", "git-blob", "hub"})
 
 
 def _as_text(kind: str, value: Any) -> str:
@@ -112,3 +113,13 @@ def source_version(spec: Any, key_path: str = "dataset") -> dict[str, Any]:
     checksum (no download); hub datasets give their commit sha.
     """
     return version_of(locate(spec, key_path), spec, key_path)
+
+
+def identity(version: dict[str, Any]) -> dict[str, Any]:
+    """What a cache key records of a source version: its content version, plus its normalized location only when
+    the version does not come from the bytes. So the same bytes under another path or spelling (`../my/a.jsonl`,
+    `/tmp/my/a.jsonl`, a moved copy) are the same input, and an ETag of one bucket never matches another's."""
+    out = {"kind": version["kind"], "version": version["version"]}
+    if not set(version["kind"].split("+")) <= CONTENT_KINDS:
+        out["uri"] = version["uri"]
+    return out
