@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from newt import STAGES
+from newt import IGNORE_INDEX as IGNORE
 
 ROOT = (
     Path(__file__).resolve().parents[1]
@@ -134,7 +135,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # --- preview ---------------------------------------------------------------------------------------------------
 
 GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
-IGNORE = -100
 
 
 def render_row(ids: list[int], labels: list[int], tokenizer: Any, color: bool) -> str:

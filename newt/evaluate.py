@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from newt import IGNORE_INDEX
 from newt.config import Recipe, metric_direction
 from newt.stage import StageRun
 
@@ -73,13 +74,13 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
             # teacher-forced loss on the supervised tokens
             width = max(len(r["input_ids"]) for r in batch)
             ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch])
-            labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+            labels = torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in batch])
             mask = (torch.arange(width)[None, :] < torch.tensor([len(r["input_ids"]) for r in batch])[:, None]).long()
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-            loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
             total_loss += float(loss)
-            total_tokens += int((shift_labels != -100).sum())
+            total_tokens += int((shift_labels != IGNORE_INDEX).sum())
             # greedy generation of the last assistant turn, left-padded batch
             prompts, answers = [], []
             for r in batch:

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from newt import IGNORE_INDEX as IGNORE
 from newt.config import DatasetSpec, Recipe
 from newt.prepare_shards import WINDOW, reopen
 
-IGNORE = -100
 BATCH = 1000
 # Row status written by the map; only KEPT rows reach the artifact, the others are counted.
 KEPT, TOO_LONG, ZERO_AS_WRITTEN, ZERO_AFTER_TRUNCATION = 0, 1, 2, 3
@@ -189,13 +189,10 @@ class RowProcessor:
     def _tokenize_segments(self, segs: list[list[tuple[str, bool]]]) -> tuple[list[list[int]], list[list[int]]]:
         """Text formats: every segment of the batch in one tokenizer call; `completion` gets BOS/EOS like
         `tokenizer(text)` plus EOS, `input_output` nothing added (the segments carry their own special tokens)."""
-        from newt.masking import media_ids
-        from newt.masking.boundaries import pad_ids
+        from newt.masking.boundaries import never_trained_ids
 
         tok = self.tokenizer
-        # The masking engine's rule on every path: pad and media ids are never trained; a pad that is also the EOS
-        # stays trainable, or the model would never learn to stop.
-        ignore = (set(media_ids(tok)) | set(pad_ids(tok))) - {tok.eos_token_id}
+        ignore = set(never_trained_ids(tok, {tok.eos_token_id}))  # these rows' only turn end is the EOS
         flat = [text for s in segs for text, _ in s]
         encoded = tok(flat, add_special_tokens=self.spec.type == "completion")["input_ids"]
         ids_out, labels_out, k = [], [], 0

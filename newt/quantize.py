@@ -25,20 +25,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
+from newt.config import QuantizeMethod
 from newt.export import QuantizeError
 from newt.stage import StageRun
 
-Method = Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"]
-METHODS: tuple[str, ...] = (
-    "int8_weight_only",
-    "int4_weight_only",
-    "bnb_8bit",
-    "bnb_4bit",
-    "gguf_f16",
-    "gguf_q8_0",
-)
+Method = QuantizeMethod  # the schema declares the methods once
+METHODS: tuple[str, ...] = get_args(QuantizeMethod)
 
 GGUF_FILE = "model.gguf"
 USES_LIBRARIES = ("bitsandbytes",)  # the bnb methods run through transformers' BitsAndBytesConfig (newt.codeversion)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from newt.masking.builtin import EOS, FAMILIES, MEDIA_TOKENS, Family, MarkerSpec
@@ -208,3 +208,12 @@ def media_ids(tokenizer: Any) -> tuple[int, ...]:
 def pad_ids(tokenizer: Any) -> tuple[int, ...]:
     pad = text_tokenizer(tokenizer).pad_token_id
     return () if pad is None else (int(pad),)
+
+
+def never_trained_ids(tokenizer: Any, turn_ends: Iterable[int] = ()) -> tuple[int, ...]:
+    """The one pad/media rule of every path: media ids and the pad id are never trained, except a pad id that is
+    also a marker a turn ends with (`turn_ends`, e.g. pad_token = eos_token): masking it by value would untrain
+    every end marker and the model would never learn to stop (TRL PR #5988). Padding added later is masked by the
+    collator."""
+    keep = set(turn_ends)
+    return tuple(sorted(set(media_ids(tokenizer)) | {p for p in pad_ids(tokenizer) if p not in keep}))

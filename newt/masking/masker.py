@@ -11,8 +11,7 @@ from newt.masking.boundaries import (
     builtin_boundaries,
     detect_family,
     from_specs,
-    media_ids,
-    pad_ids,
+    never_trained_ids,
     specs_from_recipe,
     template_text,
     text_tokenizer,
@@ -88,17 +87,8 @@ class Masker:
             )
         else:
             self.roles_to_train = check_knobs(self.boundaries, roles_to_train, train_on_eos)
-        # A pad id that is also a turn-end marker (pad_token = eos_token) is not masked by value: that
-        # would untrain every end marker and the model would never learn to stop (TRL PR #5988).
-        # Padding added later is masked by the collator.
         markers = {t for b in self.boundaries for t in b.end}
-        self.ignore_ids = tuple(
-            sorted(
-                set(media_ids(tokenizer))
-                | {p for p in pad_ids(tokenizer) if p not in markers}
-                | set(ignore_ids)
-            )
-        )
+        self.ignore_ids = tuple(sorted(set(never_trained_ids(tokenizer, markers)) | set(ignore_ids)))
 
     def render(self, conversations: Sequence[list[dict]]) -> list[str]:
         # Only variables the template reads: processors treat any other keyword as a processor option.

@@ -16,14 +16,15 @@ import re
 import sys
 from array import array, typecodes
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 
-IGNORE_INDEX = -100  # the label value torch's cross-entropy skips (`ignore_index` default)
-TRAIN_ON_EOS = ("turn", "all", "last", "none")
-TrainOnEos = Literal["turn", "all", "last", "none"]
+from newt import IGNORE_INDEX  # noqa: F401 - newt.masking exports it
+from newt.config import TrainOnEos  # the schema declares the enumeration once
+
+TRAIN_ON_EOS: tuple[str, ...] = get_args(TrainOnEos)
 
 
 class MaskingError(ValueError):
@@ -298,12 +299,13 @@ _MAX_CHAR = 0x10FFFF
 class _Plan:
     """Everything a labelling call needs that depends only on its arguments (cached per arguments)."""
 
-    boundaries: tuple[RoleBoundary, ...]  # also keeps alive the objects whose ids key the cache
+    boundaries: tuple[RoleBoundary, ...]
     roles: frozenset
     train_on_eos: str
     train_on_inputs: bool
     ignore: tuple[int, ...]
     direct: tuple | None  # _compile(...) with chr(id) as the alphabet; None: ids can't all be chars
+    fallback: list = field(default_factory=list)  # (char, _compile(...)) for other ids, built when first needed
 
 
 def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str]) -> tuple:
@@ -440,7 +442,7 @@ def _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
         return last[5]
     roles_key = (roles_to_train,) if isinstance(roles_to_train, str) else tuple(roles_to_train)
     ignore = tuple(ignore_ids)
-    key = (tuple(map(id, bs)), roles_key, train_on_eos, bool(train_on_inputs), ignore)
+    key = (bs, roles_key, train_on_eos, bool(train_on_inputs), ignore)  # boundaries hash by value
     try:
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable knob: check_knobs below says what is wrong with it
@@ -467,21 +469,14 @@ def _new_plan(bs, roles_key, train_on_eos, train_on_inputs, ignore, key) -> _Pla
     return plan
 
 
-_REMAPPED: dict = {}
-
-
 def _remapped(plan: _Plan) -> tuple[dict, tuple]:
     """The fallback alphabet for rows whose ids are not all code points (negative, > 0x10FFFF, or
     not ints): every marker and ignore id gets its own character, every other token '\\0'."""
-    got = _REMAPPED.get(id(plan))
-    if got is None or got[0] is not plan:
+    if not plan.fallback:
         tokens = sorted({t for b in plan.boundaries for t in b.start + b.end} | set(plan.ignore))
         char = {t: chr(i + 1) for i, t in enumerate(tokens)}
-        got = (plan, char, _compile(plan.boundaries, plan.roles, plan.train_on_eos, plan.ignore, char))
-        if len(_REMAPPED) >= 256:
-            _REMAPPED.clear()
-        _REMAPPED[id(plan)] = got
-    return got[1], got[2]
+        plan.fallback.append((char, _compile(plan.boundaries, plan.roles, plan.train_on_eos, plan.ignore, char)))
+    return plan.fallback[0]
 
 
 def _row_text(ids: list, plan: _Plan) -> tuple[str, tuple]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from transformers import set_seed
 
+from newt import IGNORE_INDEX
 from newt.models import load_processor, load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
@@ -104,7 +105,7 @@ class VisionCollator:
 
         n = max(len(r["input_ids"]) for r in rows)
         input_ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), n), -100, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
         for i, r in enumerate(rows):
             k = len(r["input_ids"])
