@@ -15,9 +15,12 @@ WINDOW = 100_000
 
 
 def arrow_files(ds) -> list[str] | None:
-    """The Arrow files holding `ds`'s rows, in row order; None when `ds` is in memory or a selection."""
+    """The Arrow files holding `ds`'s rows, in row order; None when `ds` is in memory or a subset of them.
+
+    Callers pass plain rows (a map's output, a concatenation of those), never a reordering `select`: public
+    `datasets` API does not tell a permutation of a table's rows from the table, so that is the callers' promise."""
     files = [f["filename"] for f in ds.cache_files]
-    if not files or ds._indices is not None:  # in memory, or a selection (its indices mapping would be lost)
+    if not files or ds.data.num_rows != len(ds):  # in memory, or a selection of fewer rows than the files hold
         return None
     return files
 
