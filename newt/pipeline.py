@@ -97,15 +97,10 @@ def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
     if stage == "prepared":
         tok = recipe.tokenizer_config or recipe.base_model
         text = templates.explicit_template(recipe)
-        out = {
+        return {
             "tokenizer_files": models.tokenizer_digest(tok),
             "chat_template_sha256": hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
         }
-        if recipe.processor_type:  # relative image paths in the rows are read from the data file's folder
-            from newt.prepare_rows import image_base
-
-            out["image_bases"] = [image_base(spec.path) for spec in recipe.datasets]
-        return out
     if stage == "trained":
         return {"base_model_files": models.weights_digest(recipe.base_model)}
     if stage == "evaluation" and recipe.eval.lm_eval_include_path:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from newt.prepare_audit import masking_report, zero_supervision_message
-from newt.prepare_rows import (  # noqa: F401 - IGNORE, RowProcessor: the names tests and bench/ use
+from newt.prepare_rows import (  # noqa: F401 - IGNORE, RowProcessor, image_base: names other modules import from here
     IGNORE,
     KEPT,
     TOO_LONG,
@@ -31,6 +31,7 @@ from newt.prepare_rows import (  # noqa: F401 - IGNORE, RowProcessor: the names 
     ZERO_AS_WRITTEN,
     PrepareError,
     RowProcessor,
+    image_base,
     tokenize_source,
 )
 from newt.prepare_shards import column, held_out_count, write_splits
