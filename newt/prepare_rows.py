@@ -32,7 +32,7 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
         roles_to_train=tuple(spec.roles_to_train or recipe.roles_to_train),
         train_on_eos=spec.train_on_eos or recipe.train_on_eos,
         train_on_inputs=recipe.train_on_inputs,
-        role_boundaries=[b.model_dump() for b in recipe.role_boundaries] or None,
+        role_boundaries=recipe.role_boundaries or None,  # typed: the schema already checked them
     )
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from newt.config import RoleBoundarySpec
 from newt.masking.builtin import EOS, FAMILIES, MEDIA_TOKENS, Family, MarkerSpec
 from newt.masking.scanner import MaskingError, RoleBoundary
 
-SPEC_FIELDS = ("role", "start", "end", "include_start", "include_end")
-# Default of `end` in a recipe's role_boundaries entry: the tokenizer's EOS. `end: null` runs the
-# turn to the end of the row, which must be asked for explicitly (it would otherwise swallow the
-# following turns of a template whose turns do close).
-SPEC_DEFAULTS: dict[str, Any] = {"end": EOS, "include_start": False, "include_end": True}
+# A role_boundaries entry is the recipe schema's `RoleBoundarySpec`: its fields and defaults are read from there
+# (`end` defaults to the tokenizer's EOS; `end: null` runs the turn to the end of the row, which must be asked for
+# explicitly, or it would swallow the following turns of a template whose turns do close). Recipes hand over typed
+# specs; the dict form is for callers of the Python API and is checked field by field here.
+SPEC_FIELDS: tuple[str, ...] = tuple(RoleBoundarySpec.model_fields)
+SPEC_DEFAULTS: dict[str, Any] = {
+    name: info.default for name, info in RoleBoundarySpec.model_fields.items() if not info.is_required()
+}
 
 
 def template_text(tokenizer: Any, chat_template: str | None = None) -> str | None:
@@ -148,6 +152,8 @@ def validate_role_boundaries(specs: Sequence[Any], tokenizer: Any | None = None)
         ]
     for i, spec in enumerate(specs):
         at = f"role_boundaries[{i}]"
+        if isinstance(spec, RoleBoundarySpec):  # the schema checked its fields and types
+            spec = {name: getattr(spec, name) for name in SPEC_FIELDS}
         if not isinstance(spec, dict):
             problems.append(f"{at} must be a mapping with fields {', '.join(SPEC_FIELDS)}")
             continue
@@ -179,8 +185,10 @@ def validate_role_boundaries(specs: Sequence[Any], tokenizer: Any | None = None)
     return problems
 
 
-def specs_from_recipe(specs: Sequence[dict]) -> list[MarkerSpec]:
-    return [MarkerSpec(**{**SPEC_DEFAULTS, **s}) for s in specs]
+def specs_from_recipe(specs: Sequence[RoleBoundarySpec | dict]) -> list[MarkerSpec]:
+    """Typed recipe entries (or checked dicts, the schema's defaults filled in) as the scanner's marker specs."""
+    typed = [s if isinstance(s, RoleBoundarySpec) else RoleBoundarySpec(**s) for s in specs]
+    return [MarkerSpec(s.role, s.start, s.end, s.include_start, s.include_end) for s in typed]
 
 
 def media_ids(tokenizer: Any) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from newt.config import RoleBoundarySpec
 from newt.masking.boundaries import (
     builtin_boundaries,
     detect_family,
@@ -33,7 +34,7 @@ DEFAULT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
 
 
 def boundaries_for(
-    tokenizer: Any, chat_template: str | None = None, overrides: Sequence[dict] | None = None
+    tokenizer: Any, chat_template: str | None = None, overrides: Sequence[RoleBoundarySpec | dict] | None = None
 ) -> list[RoleBoundary]:
     """The boundaries to scan with: the recipe's (a non-empty list replaces the built-ins wholesale),
     else the built-in family's, else ones derived from the template. [] when none can be found."""
@@ -66,7 +67,7 @@ class Masker:
         roles_to_train: Iterable[str] = ("assistant",),
         train_on_eos: TrainOnEos = "turn",
         train_on_inputs: bool = False,
-        role_boundaries: list[dict] | None = None,
+        role_boundaries: Sequence[RoleBoundarySpec | dict] | None = None,
         ignore_ids: Iterable[int] = (),
         template_kwargs: dict | None = None,
     ) -> None:
