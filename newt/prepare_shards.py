@@ -3,7 +3,6 @@ writing the train/validation splits as the shards `datasets.load_from_disk` read
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,48 +65,52 @@ def gather(files: list[str], offsets: np.ndarray, rows: np.ndarray, columns: lis
 
 def write_splits(splits: dict[str, tuple[Any, np.ndarray, list[str]]], out: Path, fingerprint: str) -> None:
     """`splits[name] = (rows, order, columns)`: rows `order` of `rows` → `out` as a DatasetDict that
-    `datasets.load_from_disk` reads, one Arrow shard per WINDOW rows.
+    `datasets.load_from_disk` reads, one Arrow shard per WINDOW rows, written by `DatasetDict.save_to_disk`.
 
-    `Dataset.save_to_disk` reads every row through one memory map held for the whole write: for shuffled rows of a
-    2 M-conversation dataset that left 7.4 GiB of file pages resident. Here each shard's rows are gathered file by
-    file (`gather`) and saved on their own, and the shards are then assembled into the layout save_to_disk writes
-    (its `state.json` names the files). `fingerprint` (from the stage key) keeps the folder byte-identical."""
+    Saving the shuffled rows directly reads them through one memory map held for the whole write: for a
+    2 M-conversation dataset that left 7.4 GiB of file pages resident. So the rows are first put in order, WINDOW at a
+    time, each window gathered file by file (`gather`) into an Arrow file of its own (pyarrow's IPC writer, the format
+    `datasets` memory-maps); save_to_disk then reads those in order. With more than one shard it writes them in worker
+    processes, whose maps go with each shard, so this process never holds the pages. `fingerprint` (from the stage
+    key) is the saved datasets' fingerprint, so the folder is byte-identical run to run."""
     import shutil
 
     import datasets
-    from datasets.table import InMemoryTable
+    import pyarrow as pa
+    from datasets.table import ConcatenationTable, MemoryMappedTable
 
     if out.exists():  # a crashed earlier attempt: never mix its shards with these
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    ordered = out.parent / f".{out.name}-ordered"
+    shutil.rmtree(ordered, ignore_errors=True)
+    ordered.mkdir(parents=True)
+    parts, num_shards = {}, {}
     for name, (rows, order, columns) in splits.items():
-        split_dir = out / name
-        split_dir.mkdir()
         files = arrow_files(rows)
         sizes = [datasets.Dataset.from_file(f).num_rows for f in files or ()]
         if files is None or sum(sizes) != len(rows):  # the map and packing always write files; anything else is a bug
             raise RuntimeError(f"prepared: the {name} rows are not the plain Arrow files they should be ({files})")
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        info = datasets.DatasetInfo(features=datasets.Features({c: rows.features[c] for c in columns}))
+        features = datasets.Features({c: rows.features[c] for c in columns})
+        schema = features.arrow_schema  # carries the features, so the files load without a cast
         n_shards = max(1, -(-len(order) // WINDOW))
-        state = None
+        tables = []
         for k in range(n_shards):
             idx = np.asarray(order[k * WINDOW:(k + 1) * WINDOW], dtype=np.int64)
-            part = datasets.Dataset(InMemoryTable(gather(files, offsets, idx, columns)), info=info)
-            tmp = out / f".{name}-{k}"
-            part.save_to_disk(str(tmp), num_shards=1)
-            del part
-            (tmp / "data-00000-of-00001.arrow").rename(split_dir / f"data-{k:05d}-of-{n_shards:05d}.arrow")
-            if state is None:
-                state = json.loads((tmp / "state.json").read_text())
-            shutil.rmtree(tmp)
-        # Plain rows, no format: what load_from_disk of a freshly saved dataset would see.
-        state.update(_data_files=[{"filename": f"data-{k:05d}-of-{n_shards:05d}.arrow"} for k in range(n_shards)],
-                     _fingerprint=f"{fingerprint}-{name}", _format_columns=None, _format_kwargs={},
-                     _format_type=None, _output_all_columns=False, _split=None)
-        (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-        (split_dir / "dataset_info.json").write_text(json.dumps({"features": info.features.to_dict()}, indent=2))
-    (out / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}))
+            path = ordered / f"{name}-{k:05d}.arrow"
+            table = gather(files, offsets, idx, columns).cast(schema)
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                writer.write_table(table)
+            del table
+            tables.append(MemoryMappedTable.from_file(str(path)))
+        table = tables[0] if len(tables) == 1 else ConcatenationTable.from_tables(tables)
+        parts[name] = datasets.Dataset(table, info=datasets.DatasetInfo(features=features),
+                                       fingerprint=f"{fingerprint}-{name}")
+        num_shards[name] = n_shards
+    several = max(num_shards.values()) > 1
+    datasets.DatasetDict(parts).save_to_disk(str(out), num_shards=num_shards, num_proc=2 if several else None)
+    del parts, tables, table
+    shutil.rmtree(ordered)
 
 
 def column(ds, name: str) -> np.ndarray:
