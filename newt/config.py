@@ -556,6 +556,16 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(path.read_text(encoding="utf-8"), source=source, name=group_name(path.stem))
 
 
+def check_unique_names(recipes: list[Recipe]) -> None:
+    """Two files whose derived group names collide (`lora-1b.yml`, `lora_1b.yml`) cannot both be asset groups."""
+    seen: dict[str, str] = {}
+    for r in recipes:
+        first = seen.setdefault(r.name, str(r.source))
+        if first != str(r.source):
+            raise RecipeError(str(r.source), [f"its asset group name {r.name!r} is also the name of {first}; "
+                                              "rename one of the two files"])
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (YAML forbids it; PyYAML silently keeps the
     last one, so a second `learning_rate:` further down would quietly win)."""
