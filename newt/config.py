@@ -387,7 +387,8 @@ class Recipe(Strict):
     save_total_limit: int | None = knob(None, "Checkpoints kept in the work folder (the newest ones).", ge=1)
     evals_per_epoch: int | None = knob(
         None, "Evaluations of the held-out split (val_set_size) per epoch during training; its loss is logged "
-        "as eval_loss beside the training loss.", ge=1,
+        "as eval_loss beside the training loss. With val_set_size 0 there is nothing to evaluate (as in Axolotl).",
+        ge=1,
     )
     eval_steps: int | None = knob(None, "Steps between evaluations of the held-out split during training.", ge=1)
     max_grad_norm: float | None = knob(None, "Gradient clipping norm (null: TRL's default, 1.0).", "trained", ge=0)
@@ -452,6 +453,17 @@ class Recipe(Strict):
     cpo_alpha: float | None = knob(None, "CPO/SimPO: weight of the NLL term (null: TRL's 1.0; SimPO: 0).",
                                    "trained", ge=0)
     simpo_gamma: float | None = knob(None, "SimPO: target reward margin (null: TRL's 0.5).", "trained", ge=0)
+    kto_desirable_weight: float = knob(1.0, "KTO: weight of the desirable (label true) rows' loss.", "trained", gt=0)
+    kto_undesirable_weight: float = knob(1.0, "KTO: weight of the undesirable rows' loss.", "trained", gt=0)
+    loss_watchdog_threshold: float | None = knob(
+        None, "Stop training with an error when the loss stays above this for loss_watchdog_patience logged steps.",
+        gt=0,
+    )
+    loss_watchdog_patience: int = knob(3, "Logged steps above loss_watchdog_threshold before training stops.", ge=1)
+    unfrozen_parameters: list[str] = knob(
+        [], "Full fine-tune: regexes of the parameter names that are trained; every other parameter is frozen.",
+        "trained",
+    )
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from newt.axolotl.keys import DATASET_KEYS, KEYS, TRL_KEYS, Key
+from newt.axolotl.keys import CHAT_TEMPLATE_NAMES, CHATML, DATASET_KEYS, KEYS, TRL_KEYS, Key
 
 _OFF = (None, False, "", [], {})
 
 # Dataset `type`s newt reads; any other (Axolotl's prompt strategies, e.g. `chatml.intel`) matters only for rl.
 SFT_TYPES = ("chat_template", "alpaca", "completion", "input_output")
+# The column/field settings of Axolotl's preference prompt strategies (they go with the strategy's `type`).
+PREFERENCE_FIELDS = ("field_messages", "field_chosen", "field_rejected", "field_prompt", "field_system",
+                     "field_completion", "field_label", "message_property_mappings", "roles", "prompt_format",
+                     "chosen_format", "rejected_format")
 
 
 def _off(value: Any) -> bool:
@@ -112,6 +116,21 @@ def _pre(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
             notes.append("pretraining_dataset: read in full as datasets of type completion (not streamed)")
     elif "pretraining_dataset" in KEYS and pre is not None:
         notes.append(f"pretraining_dataset: {pre!r} asks for nothing; accepted")
+    template = data.get("chat_template")
+    if isinstance(template, str):
+        if template == "chatml" and not data.get("chat_template_jinja"):
+            data.update(chat_template="jinja", chat_template_jinja=CHATML)
+            notes.append("chat_template: 'chatml' read as chat_template: jinja with the ChatML template")
+        elif template in CHAT_TEMPLATE_NAMES:
+            data["chat_template"] = CHAT_TEMPLATE_NAMES[template]
+            notes.append(f"chat_template: {template!r} read as {CHAT_TEMPLATE_NAMES[template]!r} (TRL's name)")
+        elif template.startswith("tokenizer_default_fallback_"):
+            data["chat_template"] = "tokenizer_default"
+            notes.append(f"chat_template: {template!r} read as 'tokenizer_default' (newt names it when the "
+                         "tokenizer has none)")
+    elif template is None and data.get("chat_template_jinja"):
+        data["chat_template"] = "jinja"  # Axolotl: a jinja template given alone means chat_template: jinja
+        notes.append("chat_template_jinja given alone: read with chat_template: jinja")
     trl = data.get("trl")
     if isinstance(trl, dict):
         trl = dict(trl)
@@ -132,11 +151,12 @@ def _pre(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
         fixed = []
         for i, spec in enumerate(data["datasets"]):
             if isinstance(spec, dict) and isinstance(spec.get("type"), (str, dict)) and spec["type"] not in SFT_TYPES:
-                spec = {k: v for k, v in spec.items() if k != "type"}
+                dropped = [k for k in spec if k == "type" or k in PREFERENCE_FIELDS]
+                spec = {k: v for k, v in spec.items() if k not in dropped}
                 notes.append(
-                    f"datasets[{i}].type: Axolotl prompt strategy {data['datasets'][i]['type']!r} is not applied; "
-                    f"newt reads rl: {data['rl']} rows in TRL's columns (docs/training.md), and the prepared "
-                    "stage names any missing column"
+                    f"datasets[{i}]: Axolotl prompt strategy {data['datasets'][i]['type']!r} is not applied "
+                    f"({', '.join(dropped)} dropped); newt reads rl: {data['rl']} rows in TRL's columns "
+                    "(docs/training.md), and the prepared stage names any missing column"
                 )
             fixed.append(spec)
         data["datasets"] = fixed

@@ -22,6 +22,10 @@ from typing import Any, Literal
 
 Kind = Literal["applied", "noted", "refused"]
 
+# Axolotl's `attention:` values → newt's attn_implementation
+ATTENTION = {"flash": "flash_attention_2", "flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "sdp": "sdpa",
+             "eager": "eager", "flex": "flex_attention", "flex_attention": "flex_attention", "xformers": "sdpa"}
+
 
 @dataclass(frozen=True)
 class Key:
@@ -104,6 +108,12 @@ KEYS: dict[str, Key] = {
     "lora_fan_in_fan_out": applied("PEFT LoraConfig fan_in_fan_out"),
     "peft_use_dora": applied("PEFT LoraConfig use_dora"),
     "peft_use_rslora": applied("PEFT LoraConfig use_rslora"),
+    "kto_desirable_weight": applied("KTOConfig desirable_weight"),
+    "kto_undesirable_weight": applied("KTOConfig undesirable_weight"),
+    "loss_watchdog_threshold": applied("training stops with an error when the loss stays above it"),
+    "loss_watchdog_patience": applied("logged steps above the threshold before the watchdog stops training"),
+    "unfrozen_parameters": applied("full fine-tune: only parameters matching one of the regexes train; with an "
+                                   "adapter the adapter decides what trains (noted)"),
     # --- applied: rewritten to newt's spelling ----------------------------------------------------------------
     "fp16": applied("fp16 mixed precision (mixed_precision: fp16)",
                     lambda v: {"mixed_precision": "fp16"} if v else {}),
@@ -116,6 +126,8 @@ KEYS: dict[str, Key] = {
     "eval_max_new_tokens": applied("eval.max_new_tokens", lambda v: {"eval": {"max_new_tokens": v}} if v else {}),
     "eval_batch_size": applied("asks for nothing newt needs: held-out rows are scored one at a time",
                                lambda v: {}),
+    "attention": applied("attn_implementation (flash → flash_attention_2, sdpa, eager, flex → flex_attention)",
+                         lambda v: {"attn_implementation": ATTENTION.get(v, v)} if v else {}),
     "load_in_4bit": applied("with adapter: qlora, the 4-bit base newt's qlora loads"),
     "batch_size": applied("gradient_accumulation_steps = batch_size / micro_batch_size"),
     "pretraining_dataset": applied("read in full as datasets of type completion (text_column → field)"),
@@ -183,6 +195,10 @@ KEYS: dict[str, Key] = {
     "float32": noted("float32 weights are newt's default"),
     "save_first_step": noted("checkpoints follow save_steps/saves_per_epoch"),
     "profiler_steps": noted("profiling is not part of a newt run"),
+    "vllm": noted("newt's GRPO generates with vLLM colocated on the training GPU (trl.use_vllm); a vLLM "
+                  "server's settings are not used"),
+    "pretrain_multipack_attn": noted("newt's packing never attends across packed examples"),
+    "pretrain_multipack_buffer_size": noted("packing is exact over the whole prepared split"),
     "use_ray": noted("newt runs Ray through its own executor settings, not the recipe"),
     # --- refused: newt cannot honour it -----------------------------------------------------------------------
     "resume_from_checkpoint": refused("the trained stage resumes by itself from its work folder; remove it"),
@@ -221,12 +237,9 @@ KEYS: dict[str, Key] = {
     "lora_on_cpu": refused("not supported; remove it"),
     "gpu_memory_limit": refused("not supported; remove it"),
     "max_memory": refused("not supported; remove it"),
-    "unfrozen_parameters": refused("use `lora_modules_to_save` (LoRA) or `adapter:` empty (full fine-tune)"),
     "data_seed": refused("`seed` seeds the split, shuffling and training; remove it"),
     "dataset_shard_num": refused("not supported; select files with datasets[].data_files"),
     "dataset_shard_idx": refused("not supported; select files with datasets[].data_files"),
-    "loss_watchdog_threshold": refused("not supported; remove it"),
-    "loss_watchdog_patience": refused("not supported; remove it"),
     "image_size": refused("set the size in the processor's preprocessor config"),
     "image_resize_algorithm": refused("set resampling in the processor's preprocessor config"),
     "mean_resizing_embeddings": refused("new embedding rows start as transformers initialises them", False),
@@ -239,10 +252,7 @@ KEYS: dict[str, Key] = {
     "max_prompt_len": refused("preference rows are cut at sequence_len as a whole; remove it"),
     "dpo_use_weighting": refused("not supported; remove it"),
     "dpo_use_logits_to_keep": refused("not supported; remove it"),
-    "kto_desirable_weight": refused("KTO runs with TRL's default weights (1.0)", 1, 1.0),
-    "kto_undesirable_weight": refused("KTO runs with TRL's default weights (1.0)", 1, 1.0),
     "rpo_alpha": refused("RPO's NLL term is not supported; remove it"),
-    "vllm": refused("newt's GRPO generates colocated (trl.use_vllm); a vLLM server section does not apply"),
     "bnb_config_kwargs": refused("newt's qlora is nf4 with double quantization; other settings are not supported"),
     "revision_of_model": refused("pin a model by downloading that revision and pointing base_model at the folder"),
     "tokenizer_legacy": refused("not supported; remove it"),
@@ -285,4 +295,20 @@ TRL_KEYS: dict[str, Key] = {
     "vllm_server_port": noted("newt's GRPO generates colocated; no server"),
     "vllm_server_timeout": noted("newt's GRPO generates colocated; no server"),
     "vllm_mode": refused("newt's GRPO generates colocated (use_vllm: true)", "colocate"),
+}
+
+# ChatML as Axolotl's `chat_template: chatml` renders it (the published format: `<|im_start|>role\ncontent<|im_end|>`).
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Axolotl's `chat_template` names whose template TRL ships under another name (newt.templates reads TRL's files).
+CHAT_TEMPLATE_NAMES = {
+    "qwen_25": "qwen2_5",
+    "phi_3": "phi3",
+    "phi_35": "phi3_5",
+    "qwen2_vl": "qwen2_5_vl",
+    "deepseek_v3": "deepseekv3",
+    "llama3_2": "llama3_2",
 }

@@ -65,10 +65,6 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
         problems.append("saves_per_epoch and save_steps are both set; keep one of them")
     if recipe.evals_per_epoch is not None and recipe.eval_steps is not None:
         problems.append("evals_per_epoch and eval_steps are both set; keep one of them")
-    if (recipe.evals_per_epoch or recipe.eval_steps) and not recipe.val_set_size:
-        which = "evals_per_epoch" if recipe.evals_per_epoch else "eval_steps"
-        problems.append(f"{which} evaluates the held-out split during training, but val_set_size is 0; set "
-                        "val_set_size (e.g. 0.05) or remove it")
     if recipe.load_in_8bit and recipe.adapter != "lora":
         problems.append(f"load_in_8bit: true needs adapter: lora (8-bit LoRA), but adapter is {recipe.adapter!r}; "
                         "use adapter: lora, or remove load_in_8bit (qlora is already 4-bit)")

@@ -219,6 +219,10 @@ def finish_model(recipe: Recipe, tokenizer: Any, model: Any, log: Any) -> tuple[
     from newt.tokens import prepare_tokens
 
     new_ids = prepare_tokens(recipe, tokenizer, model)
+    if recipe.unfrozen_parameters and recipe.adapter is None:
+        log(f"unfrozen_parameters: {freeze_except(model, recipe.unfrozen_parameters)} parameter tensors train")
+    elif recipe.unfrozen_parameters:
+        log("unfrozen_parameters: not used with an adapter (the adapter decides what trains)")
     if new_ids:
         log(f"added {len(new_ids)} tokens to the vocabulary (ids {new_ids[0]}..{new_ids[-1]}); embeddings resized")
     for line in skipped_kernels(recipe):
@@ -237,3 +241,51 @@ def held_out(recipe: Recipe, data: Path, columns: list[str] | None = None) -> An
     if len(split) == 0:
         return None
     return split.select_columns([c for c in columns if c in split.column_names]) if columns else split
+
+
+def freeze_except(model: Any, patterns: list[str]) -> int:
+    """Axolotl's `unfrozen_parameters` for a full fine-tune: only parameters whose name matches one of the regexes
+    (re.match, as Axolotl) keep requires_grad; returns how many parameter tensors stay trainable."""
+    import re
+
+    compiled = [re.compile(p) for p in patterns]
+    kept = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = any(c.match(name) for c in compiled)
+        kept += param.requires_grad
+    if not kept:
+        raise ValueError(f"unfrozen_parameters: {patterns} match no parameter of the model; every parameter would "
+                         "be frozen. Fix the regexes (they are matched against names like model.layers.0.mlp...)")
+    return kept
+
+
+def callbacks(recipe: Recipe) -> list[Any]:
+    """Trainer callbacks the recipe asks for besides the metrics stream (loss_watchdog_*)."""
+    return [LossWatchdog(recipe.loss_watchdog_threshold, recipe.loss_watchdog_patience)] \
+        if recipe.loss_watchdog_threshold is not None else []
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class LossWatchdog(_callback_base()):  # type: ignore[misc]
+    """Axolotl's loss watchdog: the loss above `threshold` for `patience` logged steps in a row fails the run
+    (a diverged run stops instead of spending its budget), with a message naming the keys."""
+
+    def __init__(self, threshold: float, patience: int):
+        self.threshold = threshold
+        self.patience = patience
+        self.over = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        self.over = self.over + 1 if float(loss) > self.threshold else 0
+        if self.over >= self.patience:
+            raise RuntimeError(f"loss_watchdog: loss {float(loss):.4f} stayed above loss_watchdog_threshold "
+                               f"{self.threshold} for {self.patience} logged steps (step {state.global_step}); "
+                               "lower learning_rate or raise the threshold")

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         from trl import KTOConfig as Config
         from trl import KTOTrainer as Trainer
 
-        method_kwargs = {"beta": recipe.rl_beta, "max_length": recipe.sequence_len}
+        method_kwargs = {"beta": recipe.rl_beta, "max_length": recipe.sequence_len,
+                         "desirable_weight": recipe.kto_desirable_weight,
+                         "undesirable_weight": recipe.kto_undesirable_weight}
         text_columns = ("prompt", "completion")
     else:
         from trl import DPOConfig as Config
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     row_tokens /= max(len(sample), 1)
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
-                      processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids), callbacks=[stream])
+                      processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
+                      callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

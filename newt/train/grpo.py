@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     per_step = (prompt_tokens + trl_cfg.max_completion_length) * recipe.micro_batch_size
     stream = StreamMetrics(reporter, per_step * recipe.gradient_accumulation_steps * world)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
-                          processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids), callbacks=[stream])
+                          processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
+                          callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
                          processing_class=tokenizer, data_collator=collator,
-                         peft_config=peft_config(recipe, model, new_ids), callbacks=[stream])
+                         peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
