@@ -420,8 +420,8 @@ class Recipe(Strict):
     tokens: list[str] = knob([], "Tokens added to the vocabulary (embeddings resized, new rows trained).",
                              "prepared", "trained")
     eot_tokens: list[str] = knob(
-        [], "End-of-turn tokens: added as special tokens when new, and each one closes a turn in masking (the "
-        "end marker `train_on_eos` decides about).", "prepared", "trained",
+        [], "End-of-turn tokens: added as special tokens when new; the prepared stage checks that each trained "
+        "role's turn end in masking (the marker `train_on_eos` decides about) is one of them.", "prepared", "trained",
     )
     deepspeed: str | None = knob(
         None, "DeepSpeed config: a JSON file, a newt preset (deepspeed_zero2, deepspeed_zero3), or an Axolotl "

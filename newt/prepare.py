@@ -42,8 +42,9 @@ class PrepareError(ValueError):
 
 def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str):
     from newt.masking import Masker
+    from newt.tokens import check_turn_ends
 
-    return Masker(
+    masker = Masker(
         tokenizer,
         chat_template=template,
         roles_to_train=tuple(spec.roles_to_train or recipe.roles_to_train),
@@ -51,6 +52,8 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
         train_on_inputs=recipe.train_on_inputs,
         role_boundaries=[b.model_dump() for b in recipe.role_boundaries] or None,
     )
+    check_turn_ends(recipe, masker.boundaries, tokenizer)  # issue 16: eot_tokens are the turn ends
+    return masker
 
 
 def features(dedup: bool, multimodal: bool = False):

@@ -58,3 +58,20 @@ def prepare_tokens(recipe: Recipe, tokenizer: Any, model: Any) -> list[int]:
     new_ids = apply_tokens(recipe, tokenizer)
     resize_model(model, tokenizer)
     return new_ids
+
+
+def check_turn_ends(recipe: Recipe, boundaries: Any, tokenizer: Any) -> None:
+    """`eot_tokens` name the turn ends: each trained role's end marker in masking must be one of them, so the
+    tokens `train_on_eos` trains (or not) are the ones the recipe calls turn ends. A mismatch fails the prepared
+    stage with the fix, instead of training on other markers than the recipe says."""
+    if not recipe.eot_tokens or not boundaries:
+        return
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    eot = {tuple(tok.convert_tokens_to_ids([t])) for t in recipe.eot_tokens}
+    wrong = sorted({b.role for b in boundaries if b.end and tuple(b.end) not in eot})
+    if wrong:
+        ends = {b.role: tok.decode(list(b.end)) for b in boundaries if b.role in wrong}
+        raise ValueError(
+            f"eot_tokens {list(recipe.eot_tokens)} are not the turn ends the chat template gives roles "
+            f"{', '.join(wrong)} ({ends}); set role_boundaries with end: one of the eot_tokens, or change eot_tokens"
+        )

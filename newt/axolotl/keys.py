@@ -78,7 +78,7 @@ KEYS: dict[str, Key] = {
     "gradient_checkpointing_kwargs": applied("TrainingArguments gradient_checkpointing_kwargs"),
     "special_tokens": applied("tokens set on the tokenizer, embeddings resized, new rows trained"),
     "tokens": applied("tokens added to the vocabulary, embeddings resized, new rows trained"),
-    "eot_tokens": applied("added as special tokens; each closes a turn in masking"),
+    "eot_tokens": applied("added as special tokens; checked to be the turn ends masking uses"),
     "load_in_8bit": applied("LoRA on a bitsandbytes 8-bit base (BitsAndBytesConfig load_in_8bit)"),
     "deepspeed": applied("the training child's accelerate config (a JSON path, or a preset by ZeRO stage)"),
     "fsdp": applied("the training child's accelerate config (FSDP plugin)"),
