@@ -757,8 +757,9 @@ def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         ):
             node = node[part]
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
-            continue
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")
+                                        or (node is not None and not isinstance(node, (dict, list)))):
+            continue  # a union member's tag (`bool`, `literal['auto']`): below a scalar there are no keys
         else:
             node = None
         out.append(part)
