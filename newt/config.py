@@ -711,8 +711,12 @@ def close_match(word: str, options: Any) -> str | None:
     `gradient_checkpointing`) is not a typo, and no suggestion beats a wrong one."""
     word = str(word)
     limit = 1 if len(word) <= 5 else 2 if len(word) <= 12 else 3
-    best = min(((_osa_distance(word.lower(), str(o).lower()), str(o)) for o in options), default=None)
-    return best[1] if best is not None and 0 < best[0] <= limit else None
+    scored = [(_osa_distance(word.lower(), str(o).lower()), str(o)) for o in options]
+    best = min((d for d, _ in scored), default=None)
+    if best is None or not 0 < best <= limit:
+        return None
+    tied = [o for d, o in scored if d == best]
+    return difflib.get_close_matches(word, tied, n=1, cutoff=0)[0]  # a tie goes to the most similar
 
 
 def key_path(loc: tuple[Any, ...]) -> str:
@@ -747,6 +751,9 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
+_TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
+
+
 def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """`loc` without pydantic's union/validator tags (`list[str]`, `function-after[...]`), walking the input so
     that a user's own key that merely looks like a tag (`"["`) is kept."""
@@ -758,8 +765,9 @@ def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
         ):
             node = node[part]
         elif isinstance(part, str) and ("[" in part or part.startswith("function-")
-                                        or (node is not None and not isinstance(node, (dict, list)))):
-            continue  # a union member's tag (`bool`, `literal['auto']`): below a scalar there are no keys
+                                        or (node is not None and not isinstance(node, dict))
+                                        or part in _TYPE_TAGS):
+            continue  # a union member's tag (`bool`, `literal['auto']`): below a scalar or list there are no keys
         else:
             node = None
         out.append(part)
@@ -794,7 +802,7 @@ def describe_errors(errors: list[dict[str, Any]], data: Any = None) -> list[str]
             section = key_path(tuple(p for p in loc[:-1] if not isinstance(p, int)))
             allowed.setdefault(section, known)
             problems.append(f"{where}: unknown key; " + (f"did you mean {hint!r}?" if hint else
-                            f"remove it (allowed keys in {section} are listed below)"))
+                            f"remove it (the allowed keys of {section} are listed below)"))
         elif errs[0]["type"] == "missing":
             owner = _model_at(loc[:-1])
             desc = owner.model_fields[loc[-1]].description if owner and loc[-1] in owner.model_fields else ""
@@ -807,7 +815,7 @@ def describe_errors(errors: list[dict[str, Any]], data: Any = None) -> list[str]
             expected = "; or ".join(dict.fromkeys(_expectation(e) for e in errs))
             problems.append(f"{where}: got {shown}; {expected}")
     for section, known in allowed.items():
-        problems.append(f"allowed keys in {section}: {', '.join(known)}")
+        problems.append(f"{section}: allowed keys here are {', '.join(known)}")
     return problems
 
 

@@ -61,8 +61,8 @@ def test_refused_keys_and_typos_fail_together_in_one_list() -> None:
     assert problems[3] == "lora_rr: unknown key; did you mean 'lora_r'?"
     assert problems[4] == "gradient_checkpointing_kwarg: unknown key; did you mean 'gradient_checkpointing_kwargs'?"
     # the allowed keys once, at the end, not after every unknown key
-    assert problems[5].startswith("allowed keys in <top level>: base_model, ")
-    assert sum("allowed keys" in p for p in problems) == 1
+    assert problems[5].startswith("<top level>: allowed keys here are base_model, ")
+    assert sum("allowed keys here" in p for p in problems) == 1
     # noted keys (output_dir, dataset_prepared_path, model_type, ...) and load_in_4bit with qlora are not problems
     assert not any(p.startswith(("model_type", "tokenizer_type", "output_dir", "dataset_prepared", "load_in_4bit"))
                    for p in problems)
@@ -114,7 +114,7 @@ def test_suggestions_only_for_close_spellings() -> None:
     assert close_match("gradient_checkpointing_kwargs_x", ["gradient_checkpointing"]) is None
     with pytest.raises(RecipeError) as info:
         parse_recipe(BASE + "num_labels: 1\n")
-    assert info.value.problems[0] == "num_labels: unknown key; remove it (allowed keys in <top level> are listed below)"
+    assert info.value.problems[0] == "num_labels: unknown key; remove it (the allowed keys of <top level> are listed below)"
 
 
 def test_value_errors_say_the_fix() -> None:

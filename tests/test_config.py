@@ -50,9 +50,9 @@ eval: {thresholds: {exact_macth: 0.8}}
     assert "sequence_len: got 'many'; input should be a valid integer" in msg and "write a whole number" in msg
     assert "unknown metric 'exact_macth'" in msg and "did you mean 'exact_match'?" in msg
     problems = err.value.problems
-    assert problems[-2].startswith("allowed keys in datasets: path, type, split,")
-    assert problems[-1].startswith("allowed keys in <top level>: base_model, tokenizer_config,")
-    assert sum("allowed keys" in p for p in problems) == 2
+    assert problems[-2].startswith("datasets: allowed keys here are path, type, split,")
+    assert problems[-1].startswith("<top level>: allowed keys here are base_model, tokenizer_config,")
+    assert sum("allowed keys here" in p for p in problems) == 2
 
 
 def test_missing_required_keys_and_yaml_errors() -> None:
