@@ -31,6 +31,8 @@ class Strict(BaseModel):
 
 
 TrainOnEos = Literal["turn", "all", "last", "none"]
+# transformers' attention implementations by name (a hub kernel `org/name` is the other accepted form)
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class RoleBoundarySpec(Strict):
@@ -364,8 +366,10 @@ class Recipe(Strict):
         "GPU supports it, float32 elsewhere (Axolotl's default).", "trained",
     )
     tf32: bool = knob(False, "Allow TF32 matmuls (Ampere or newer GPUs only).", "trained")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] = knob(
-        "sdpa", "Attention kernel; flash_attention_2 needs the `gpu` extra (pip install 'newt[gpu]').", "trained"
+    attn_implementation: str = knob(
+        "sdpa", "Attention kernel: eager, sdpa, flash_attention_2, flash_attention_3, flex_attention, or a hub kernel "
+        "`org/name` (transformers' kernels); flash attention and hub kernels need the `gpu` extra "
+        "(pip install 'newt[gpu]').", "trained",
     )
     gradient_checkpointing: bool = knob(False, "Recompute activations in the backward pass to save memory.", "trained")
     torch_compile: bool = knob(False, "Compile the model with torch.compile.", "trained")
@@ -460,6 +464,10 @@ class Recipe(Strict):
         gt=0,
     )
     loss_watchdog_patience: int = knob(3, "Logged steps above loss_watchdog_threshold before training stops.", ge=1)
+    model_config_overrides: dict[str, Any] = knob(
+        {}, "Config attributes set when the base model loads (Axolotl's `model_config`, e.g. "
+        "{output_router_logits: true}).", "trained",
+    )
     unfrozen_parameters: list[str] = knob(
         [], "Full fine-tune: regexes of the parameter names that are trained; every other parameter is frozen.",
         "trained",
@@ -497,6 +505,15 @@ class Recipe(Strict):
         from newt.axolotl.rules import check_optimizer
 
         return check_optimizer(value)
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, value: str) -> str:
+        if value in ATTENTION_KERNELS or re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", value):
+            return value
+        hint = close_match(value, ATTENTION_KERNELS)
+        raise ValueError(f"choose one of: {', '.join(ATTENTION_KERNELS)}, or a hub kernel `org/name`"
+                         + (f" (did you mean {hint!r}?)" if hint else ""))
 
     @field_validator("lora_target_modules")
     @classmethod

@@ -156,6 +156,16 @@ def test_multi_key_readings() -> None:
     assert r.chat_template == "jinja" and r.chat_template_jinja == keys.CHATML
     assert "trl.log_completions: accepted; logging only" in r.notes
     assert parse_recipe(BASE + "chat_template: qwen_25\n").chat_template == "qwen2_5"
+    hub = parse_recipe(BASE + "flash_attention: true\nattn_implementation: kernels-community/vllm-flash-attn3\n"
+                       "model_quantization_config: Mxfp4Config\nmodel_quantization_config_kwargs: {dequantize: true}\n")
+    assert hub.attn_implementation == "kernels-community/vllm-flash-attn3"  # the explicit key decides
+    assert "flash_attention: True given with attn_implementation, which decides" in hub.notes
+    assert "model_quantization_config: Mxfp4Config with dequantize: true read as the dequantized model" in hub.notes
+    with pytest.raises(RecipeError, match="attn_implementation: got 'flash_atention_2'; choose one of: eager, sdpa, "
+                                          r".*\(did you mean 'flash_attention_2'\?\)"):
+        parse_recipe(BASE + "attn_implementation: flash_atention_2\n")
+    with pytest.raises(RecipeError, match="model_quantization_config: Axolotl key 'model_quantization_config' is not"):
+        parse_recipe(BASE + "model_quantization_config: Mxfp4Config\n")
     with pytest.raises(RecipeError, match="trl.beta: 0.04 but rl_beta is also set to 0.1; keep one"):
         parse_recipe(BASE + "rl_beta: 0.1\ntrl: {beta: 0.04}\n")
     pre = parse_recipe("base_model: m\npretraining_dataset: [{path: web/text, name: s, text_column: body, "

@@ -84,6 +84,15 @@ def test_attention_keys() -> None:
         assert train_args.model_kwargs(recipe(extra), cuda=False)["attn_implementation"] == kernel, extra
 
 
+def test_model_config_sets_config_attributes_of_the_base(tiny) -> None:
+    from newt.models import load_model
+
+    kwargs = train_args.model_kwargs(recipe("model_config: {rms_norm_eps: 0.001, use_cache: false}\n"), cuda=False)
+    model = load_model("builtin:tiny-llama", **kwargs)
+    assert model.config.rms_norm_eps == 0.001 and model.config.use_cache is False
+    assert tiny[0].config.rms_norm_eps != 0.001
+
+
 def test_load_in_8bit_loads_an_8bit_base() -> None:
     q = train_args.model_kwargs(recipe("load_in_8bit: true\n"), cuda=True)["quantization_config"]
     assert q.load_in_8bit is True and q.load_in_4bit is False

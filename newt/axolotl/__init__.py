@@ -116,6 +116,16 @@ def _pre(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
             notes.append("pretraining_dataset: read in full as datasets of type completion (not streamed)")
     elif "pretraining_dataset" in KEYS and pre is not None:
         notes.append(f"pretraining_dataset: {pre!r} asks for nothing; accepted")
+    quant = data.get("model_quantization_config")
+    if quant == "Mxfp4Config" and (data.get("model_quantization_config_kwargs") or {}).get("dequantize") is True:
+        # An MXFP4 checkpoint loaded dequantized is the bf16 model: what newt loads anyway.
+        del data["model_quantization_config"]
+        notes.append("model_quantization_config: Mxfp4Config with dequantize: true read as the dequantized model")
+    # Axolotl's attention booleans give way to an explicit attn_implementation (Axolotl reads it the same way).
+    if data.get("attn_implementation"):
+        for flag in ("flash_attention", "sdp_attention", "flex_attention", "eager_attention", "xformers_attention"):
+            if data.get(flag):
+                notes.append(f"{flag}: {data.pop(flag)!r} given with attn_implementation, which decides")
     template = data.get("chat_template")
     if isinstance(template, str):
         if template == "chatml" and not data.get("chat_template_jinja"):

@@ -23,8 +23,8 @@ from typing import Any, Literal
 Kind = Literal["applied", "noted", "refused"]
 
 # Axolotl's `attention:` values → newt's attn_implementation
-ATTENTION = {"flash": "flash_attention_2", "flash_attention_2": "flash_attention_2", "sdpa": "sdpa", "sdp": "sdpa",
-             "eager": "eager", "flex": "flex_attention", "flex_attention": "flex_attention", "xformers": "sdpa"}
+ATTENTION = {"flash": "flash_attention_2", "fa2": "flash_attention_2", "fa3": "flash_attention_3", "sdp": "sdpa",
+             "flex": "flex_attention", "xformers": "sdpa"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ KEYS: dict[str, Key] = {
                                lambda v: {}),
     "attention": applied("attn_implementation (flash → flash_attention_2, sdpa, eager, flex → flex_attention)",
                          lambda v: {"attn_implementation": ATTENTION.get(v, v)} if v else {}),
+    "model_config": applied("model_config_overrides: config attributes set when the base model loads",
+                            lambda v: {"model_config_overrides": v} if v else {}),
     "load_in_4bit": applied("with adapter: qlora, the 4-bit base newt's qlora loads"),
     "batch_size": applied("gradient_accumulation_steps = batch_size / micro_batch_size"),
     "pretraining_dataset": applied("read in full as datasets of type completion (text_column → field)"),
@@ -199,6 +201,11 @@ KEYS: dict[str, Key] = {
                   "server's settings are not used"),
     "pretrain_multipack_attn": noted("newt's packing never attends across packed examples"),
     "pretrain_multipack_buffer_size": noted("packing is exact over the whole prepared split"),
+    "use_kernels": noted(_SPEED),
+    "experimental_skip_move_to_device": noted("a memory setting of model loading"),
+    "activation_offloading": noted("a memory setting: activations are recomputed or kept, the step is the same"),
+    "save_only_model": noted("newt's checkpoints keep what resume needs; the artifact holds only the model"),
+    "model_quantization_config_kwargs": noted("read with model_quantization_config"),
     "use_ray": noted("newt runs Ray through its own executor settings, not the recipe"),
     # --- refused: newt cannot honour it -----------------------------------------------------------------------
     "resume_from_checkpoint": refused("the trained stage resumes by itself from its work folder; remove it"),
@@ -261,6 +268,15 @@ KEYS: dict[str, Key] = {
     "embedding_lr_scale": refused("a separate embedding learning rate is not supported; remove it"),
     "loraplus_lr_ratio": refused("LoRA+ is not supported; remove it"),
     "relora_steps": refused("ReLoRA is not supported; remove it"),
+    "qat": refused("quantization-aware training is not supported; quantize after training (quantize.outputs)"),
+    "cosine_constant_lr_ratio": refused("a constant phase in the cosine schedule is not supported; use "
+                                        "cosine_min_lr_ratio", 0),
+    "model_quantization_config": refused("loading a quantized base other than qlora/load_in_8bit is not supported "
+                                         "(an MXFP4 base with `dequantize: true` is read as the dequantized model)"),
+    "tokenizer_use_mistral_common": refused("newt tokenizes with the model's transformers tokenizer; remove it"),
+    "trackio_project_name": refused(_TRACKING),
+    "trackio_run_name": refused(_TRACKING),
+    "trackio_space_id": refused(_TRACKING),
 }
 
 # `datasets[]` entries
@@ -283,6 +299,10 @@ DATASET_KEYS: dict[str, Key] = {
     "message_field_training_detail": refused("per-message training flags are not supported; use roles_to_train"),
     "revision": refused("pinning a hub dataset revision is not supported yet; newt keys the data by the commit "
                         "it read"),
+    "field_thinking": refused("reasoning fields of messages are not passed to the template; put the reasoning in "
+                              "the message content"),
+    "template_thinking_key": refused("reasoning fields of messages are not passed to the template; put the "
+                                     "reasoning in the message content"),
     "field_system": refused("a system column is not supported; put the system turn in the messages"),
 }
 

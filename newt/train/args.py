@@ -144,7 +144,9 @@ def model_kwargs(recipe: Recipe, *, cuda: bool | None = None) -> dict[str, Any]:
     import torch
 
     dtype = torch.bfloat16 if bf16_weights(recipe, cuda=cuda) else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": recipe.attn_implementation}
+    # config attributes first: from_pretrained applies keyword arguments the config knows to the config
+    kwargs: dict[str, Any] = {**recipe.model_config_overrides, "dtype": dtype,
+                              "attn_implementation": recipe.attn_implementation}
     if recipe.adapter == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -208,6 +210,9 @@ def hardware_problems(recipe: Recipe, *, cuda: bool) -> list[str]:
         elif not cuda:
             problems.append(f"optimizer: {optim} is a bitsandbytes optimizer and runs on CUDA GPUs only; use "
                             "adamw_torch on this machine")
+    if "/" in recipe.attn_implementation and (not cuda or importlib.util.find_spec("kernels") is None):
+        problems.append(f"attn_implementation: {recipe.attn_implementation} is a hub kernel and needs a CUDA GPU and "
+                        "the kernels package (pip install 'newt[gpu]'); use sdpa on this machine")
     if recipe.load_in_8bit and (not cuda or importlib.util.find_spec("bitsandbytes") is None):
         problems.append("load_in_8bit: true needs a CUDA GPU and bitsandbytes; set it to false (plain LoRA) here")
     return problems
