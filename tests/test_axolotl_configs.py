@@ -74,6 +74,7 @@ def test_validate_needs_no_network_and_plan_says_in_one_line_how_to_provide_a_lo
                                           "HF_HOME": str(tmp_path / "hf")})
     assert done.returncode != 0
     line = ("base_model 'NousResearch/Meta-Llama-3.1-8B': the Hugging Face hub cannot be reached (HF_HUB_OFFLINE is "
-            "set) and the model is not in the local hub cache; download it where the hub is reachable (hf download "
-            "NousResearch/Meta-Llama-3.1-8B --local-dir DIR) and set base_model to DIR, or use builtin:tiny-llama")
+            "set) and the model is not in the local hub cache; download the model and point base_model at its "
+            "folder (where the hub is reachable: hf download NousResearch/Meta-Llama-3.1-8B --local-dir DIR), or use "
+            "builtin:tiny-llama")
     assert line in done.stdout + done.stderr
