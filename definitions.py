@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets import recipe_assets
 from jobs import recipe_job, recipe_schedules, recipe_sensors
-from newt.config import load_recipe
+from newt.config import check_unique_names, load_recipe
 from resources import NewtStore, launcher_from_env
 
 RECIPES = Path(os.environ.get("NEWT_RECIPES") or Path(__file__).parent / "recipes")
@@ -23,6 +23,7 @@ def build_definitions(
     if recipe_files is None:
         recipe_files = sorted([*recipes_dir.glob("*.yaml"), *recipes_dir.glob("*.yml")])
     recipes = [load_recipe(p) for p in recipe_files]
+    check_unique_names(recipes)  # group names are derived from file names (lora-1b.yml → lora_1b)
     return dg.Definitions(
         assets=[a for r in recipes for a in recipe_assets(r)],
         jobs=[recipe_job(r) for r in recipes],

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from newt import STAGES
+from newt.recipe_errors import RecipeError, close_match  # noqa: F401 - part of the schema's API
 
 
 def knob(default: Any, description: str, *stages: str, **kwargs: Any) -> Any:
@@ -31,6 +32,8 @@ class Strict(BaseModel):
 
 
 TrainOnEos = Literal["turn", "all", "last", "none"]
+# transformers' attention implementations by name (a hub kernel `org/name` is the other accepted form)
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class RoleBoundarySpec(Strict):
@@ -231,6 +234,16 @@ class TrlConfig(Strict):
         return self
 
 
+class SpecialTokens(Strict):
+    """Axolotl's `special_tokens`: each set one replaces the tokenizer's (added to the vocabulary when new)."""
+
+    bos_token: str | None = knob(None, "Beginning-of-sequence token.", "prepared", "trained")
+    eos_token: str | None = knob(None, "End-of-sequence token.", "prepared", "trained")
+    pad_token: str | None = knob(None, "Padding token.", "prepared", "trained")
+    unk_token: str | None = knob(None, "Unknown-text token.", "prepared", "trained")
+    additional_special_tokens: list[str] = knob([], "Further special tokens added.", "prepared", "trained")
+
+
 class Recipe(Strict):
     """A fine-tuning recipe: one YAML file, one asset group."""
 
@@ -300,8 +313,10 @@ class Recipe(Strict):
     lora_r: int = knob(8, "LoRA rank.", "trained", ge=1)
     lora_alpha: int = knob(16, "LoRA scaling numerator.", "trained", ge=1)
     lora_dropout: float = knob(0.0, "Dropout on the LoRA path.", "trained", ge=0, le=1)
-    lora_target_modules: list[str] | Literal["all-linear"] = knob(
-        "all-linear", "Module names LoRA wraps, or `all-linear`.", "trained"
+    lora_target_modules: list[str] | str = knob(
+        "all-linear",
+        "Module names LoRA wraps (a list), `all-linear`, or a regex matched against each full module name (PEFT's "
+        "string form, as in Axolotl).", "trained",
     )
     lora_modules_to_save: list[str] = knob(
         [], "Modules trained in full next to the adapter (e.g. embed_tokens, lm_head).", "trained"
@@ -315,8 +330,10 @@ class Recipe(Strict):
         "cosine", "Learning-rate schedule.", "trained"
     )
     warmup_steps: int = knob(0, "Linear warm-up steps.", "trained", ge=0)
-    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = knob(
-        "adamw_torch", "Optimizer.", "trained"
+    optimizer: str = knob(
+        "adamw_torch",
+        "Optimizer: any name of transformers' `OptimizerNames` (8-bit and paged ones need bitsandbytes and a GPU).",
+        "trained",
     )
     weight_decay: float = knob(0.0, "Decoupled weight decay.", "trained", ge=0)
     logging_steps: int = knob(10, "Steps between metric reports to the run log (not part of any key).", ge=1)
@@ -326,8 +343,9 @@ class Recipe(Strict):
     )
 
     # method (docs/training.md). Names follow Axolotl: rl, rl_beta, trl.{num_generations, ...}.
-    rl: Literal["dpo", "kto", "grpo"] | None = knob(
-        None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers); null = supervised fine-tuning.",
+    rl: Literal["dpo", "kto", "grpo", "orpo", "simpo", "cpo"] | None = knob(
+        None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers), `orpo`, `cpo` or `simpo` (TRL's "
+        "experimental ORPO and CPO trainers; SimPO is CPO's simpo loss); null = supervised fine-tuning.",
         "prepared", "trained",
     )
     rl_beta: float = knob(0.1, "DPO/KTO/GRPO beta: strength of the pull towards the reference model.", "trained", ge=0)
@@ -346,10 +364,15 @@ class Recipe(Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = knob(
         "no", "Autocast precision for training (accelerate's --mixed_precision).", "trained"
     )
-    bf16: bool = knob(False, "Load the base weights in bfloat16 (pure bf16 training; QLoRA compute dtype).", "trained")
+    bf16: bool | Literal["auto"] = knob(
+        False, "Load the base weights in bfloat16 (pure bf16 training; QLoRA compute dtype); `auto` = bf16 where the "
+        "GPU supports it, float32 elsewhere (Axolotl's default).", "trained",
+    )
     tf32: bool = knob(False, "Allow TF32 matmuls (Ampere or newer GPUs only).", "trained")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = knob(
-        "sdpa", "Attention kernel; flash_attention_2 needs the `gpu` extra (pip install 'newt[gpu]').", "trained"
+    attn_implementation: str = knob(
+        "sdpa", "Attention kernel: eager, sdpa, flash_attention_2, flash_attention_3, flex_attention, or a hub kernel "
+        "`org/name` (transformers' kernels); flash attention and hub kernels need the `gpu` extra "
+        "(pip install 'newt[gpu]').", "trained",
     )
     gradient_checkpointing: bool = knob(False, "Recompute activations in the backward pass to save memory.", "trained")
     torch_compile: bool = knob(False, "Compile the model with torch.compile.", "trained")
@@ -362,6 +385,96 @@ class Recipe(Strict):
     merge: MergeConfig = knob(MergeConfig(), "Merge stage settings.", "merged")
     quantize: QuantizeConfig = knob(QuantizeConfig(), "Quantize stage settings.", "quantized")
     eval: EvalConfig = knob(EvalConfig(), "Evaluation stage settings and gates.", "evaluation")
+
+    # issue 16: Axolotl keys (docs/migrating-from-axolotl.md; newt/axolotl/ translates the Axolotl-only spellings)
+    warmup_ratio: float | None = knob(
+        None, "Warm-up as a share of all training steps (instead of warmup_steps).", "trained", ge=0, lt=1
+    )
+    saves_per_epoch: int | None = knob(None, "Checkpoints per epoch (instead of save_steps).", ge=1)
+    save_total_limit: int | None = knob(None, "Checkpoints kept in the work folder (the newest ones).", ge=1)
+    evals_per_epoch: int | None = knob(
+        None, "Evaluations of the held-out split (val_set_size) per epoch during training; its loss is logged "
+        "as eval_loss beside the training loss. With val_set_size 0 there is nothing to evaluate (as in Axolotl).",
+        ge=1,
+    )
+    eval_steps: int | None = knob(None, "Steps between evaluations of the held-out split during training.", ge=1)
+    max_grad_norm: float | None = knob(None, "Gradient clipping norm (null: TRL's default, 1.0).", "trained", ge=0)
+    adam_beta1: float | None = knob(None, "Adam beta1 (null: the optimizer's default).", "trained", ge=0, lt=1)
+    adam_beta2: float | None = knob(None, "Adam beta2 (null: the optimizer's default).", "trained", ge=0, lt=1)
+    adam_epsilon: float | None = knob(None, "Adam epsilon (null: the optimizer's default).", "trained", gt=0)
+    cosine_min_lr_ratio: float | None = knob(
+        None, "Cosine schedule floor as a share of learning_rate (transformers' cosine_with_min_lr).", "trained",
+        ge=0, le=1,
+    )
+    lr_scheduler_kwargs: dict[str, Any] = knob({}, "Extra arguments of the learning-rate schedule.", "trained")
+    neftune_noise_alpha: float | None = knob(None, "NEFTune embedding noise (null: off).", "trained", gt=0)
+    gradient_checkpointing_kwargs: dict[str, Any] | None = knob(
+        None, "Arguments of gradient checkpointing, e.g. {use_reentrant: false}; memory/speed only.",
+    )
+    lora_target_linear: bool | None = knob(
+        None, "Wrap every linear layer (except the output head) with LoRA, plus any lora_target_modules listed.",
+        "trained",
+    )
+    lora_fan_in_fan_out: bool = knob(False, "LoRA on GPT-2-style Conv1D layers (weights stored transposed).",
+                                     "trained")
+    peft_use_dora: bool = knob(False, "DoRA: weight-decomposed LoRA.", "trained")
+    peft_use_rslora: bool = knob(False, "rsLoRA: scale by alpha/sqrt(r) instead of alpha/r.", "trained")
+    load_in_8bit: bool = knob(False, "LoRA on a bitsandbytes 8-bit base (CUDA + bitsandbytes).", "trained")
+    special_tokens: SpecialTokens = knob(
+        SpecialTokens(), "Special tokens set on the tokenizer (added when new; embeddings resized, new rows "
+        "trained).", "prepared", "trained",
+    )
+    tokens: list[str] = knob([], "Tokens added to the vocabulary (embeddings resized, new rows trained).",
+                             "prepared", "trained")
+    eot_tokens: list[str] = knob(
+        [], "End-of-turn tokens: added as special tokens when new; the prepared stage checks that each trained "
+        "role's turn end in masking (the marker `train_on_eos` decides about) is one of them.", "prepared", "trained",
+    )
+    deepspeed: str | None = knob(
+        None, "DeepSpeed config: a JSON file, a newt preset (deepspeed_zero2, deepspeed_zero3), or an Axolotl "
+        "`deepspeed_configs/zeroN*.json` name (read as the preset of that stage when the file is absent).", "trained",
+    )
+    fsdp: list[str] | str | None = knob(
+        None, "FSDP options as in transformers (`full_shard auto_wrap`, `offload`); turned into the accelerate "
+        "config of the training child.", "trained",
+    )
+    fsdp_config: dict[str, Any] = knob(
+        {}, "FSDP settings (Axolotl's names with or without the `fsdp_` prefix: version, auto_wrap_policy, "
+        "transformer_layer_cls_to_wrap, state_dict_type, offload_params, reshard_after_forward, "
+        "activation_checkpointing, cpu_ram_efficient_loading, sharding_strategy).", "trained",
+    )
+    fsdp_version: int | None = knob(None, "FSDP version (1 or 2; newt's default is 2).", "trained", ge=1, le=2)
+    plugins: list[str] = knob(
+        [], "Axolotl plugins: the Liger and Cut Cross Entropy ones are applied where the `gpu` extra is installed "
+        "(CUDA); elsewhere training logs what it skipped. Others are refused.", "trained",
+    )
+    liger_rope: bool = knob(False, "Liger RoPE kernel (gpu extra).", "trained")
+    liger_rms_norm: bool = knob(False, "Liger RMSNorm kernel (gpu extra).", "trained")
+    liger_layer_norm: bool = knob(False, "Liger LayerNorm kernel (gpu extra).", "trained")
+    liger_glu_activation: bool = knob(False, "Liger SwiGLU/GeGLU kernel (gpu extra).", "trained")
+    liger_cross_entropy: bool = knob(False, "Liger cross-entropy kernel (gpu extra).", "trained")
+    liger_fused_linear_cross_entropy: bool = knob(False, "Liger fused linear cross-entropy (gpu extra).", "trained")
+    cut_cross_entropy: bool = knob(False, "Apple's Cut Cross Entropy loss (gpu extra).", "trained")
+    orpo_alpha: float | None = knob(None, "ORPO: weight of the odds-ratio loss (TRL's beta; null: 0.1).", "trained",
+                                    ge=0)
+    cpo_alpha: float | None = knob(None, "CPO/SimPO: weight of the NLL term (null: TRL's 1.0; SimPO: 0).",
+                                   "trained", ge=0)
+    simpo_gamma: float | None = knob(None, "SimPO: target reward margin (null: TRL's 0.5).", "trained", ge=0)
+    kto_desirable_weight: float = knob(1.0, "KTO: weight of the desirable (label true) rows' loss.", "trained", gt=0)
+    kto_undesirable_weight: float = knob(1.0, "KTO: weight of the undesirable rows' loss.", "trained", gt=0)
+    loss_watchdog_threshold: float | None = knob(
+        None, "Stop training with an error when the loss stays above this for loss_watchdog_patience logged steps.",
+        gt=0,
+    )
+    loss_watchdog_patience: int = knob(3, "Logged steps above loss_watchdog_threshold before training stops.", ge=1)
+    model_config_overrides: dict[str, Any] = knob(
+        {}, "Config attributes set when the base model loads (Axolotl's `model_config`, e.g. "
+        "{output_router_logits: true}).", "trained",
+    )
+    unfrozen_parameters: list[str] = knob(
+        [], "Full fine-tune: regexes of the parameter names that are trained; every other parameter is frozen.",
+        "trained",
+    )
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)
@@ -389,57 +502,90 @@ class Recipe(Strict):
                              "e.g. '0 3 * * *' for 03:00 UTC daily")
         return value
 
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: str) -> str:
+        from newt.axolotl.rules import check_optimizer
+
+        return check_optimizer(value)
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, value: str) -> str:
+        if value in ATTENTION_KERNELS or re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", value):
+            return value
+        hint = close_match(value, ATTENTION_KERNELS)
+        raise ValueError(f"choose one of: {', '.join(ATTENTION_KERNELS)}, or a hub kernel `org/name`"
+                         + (f" (did you mean {hint!r}?)" if hint else ""))
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _lora_targets(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str) and value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"a string is `all-linear` or a regex of module names, and {value!r} is not a "
+                                 f"valid regex ({exc}); fix the regex or give a list of module names") from None
+        return value
+
     @model_validator(mode="after")
     def _cross_field(self) -> Recipe:
+        # Every rule is checked and all problems are reported together (one per line; `_describe` splits them).
+        problems: list[str] = []
         if self.chat_template == "jinja" and not self.chat_template_jinja:
-            raise ValueError("chat_template is 'jinja' but chat_template_jinja is empty; set chat_template_jinja")
+            problems.append("chat_template is 'jinja' but chat_template_jinja is empty; set chat_template_jinja")
         allowed = ["base", "merged", *self.quantize.variants()]
         for variant in self.eval.models:
             if variant not in allowed:
-                hint = difflib.get_close_matches(variant, allowed, n=1)
-                raise ValueError(
+                hint = close_match(variant, allowed)
+                problems.append(
                     f"eval.models: {variant!r} is not a model variant of this recipe; allowed: {', '.join(allowed)} "
                     "(quantized_<method> needs the method in quantize.outputs)"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + (f"; did you mean {hint!r}?" if hint else "")
                 )
         if self.processor_type and self.sample_packing:
-            raise ValueError("sample_packing cannot pack multimodal rows (processor_type is set): each row's "
-                             "images travel with it; set sample_packing: false")
+            problems.append("sample_packing cannot pack multimodal rows (processor_type is set): each row's "
+                            "images travel with it; set sample_packing: false")
         if self.processor_type and self.rl:
-            raise ValueError(f"rl: {self.rl} with processor_type: multimodal rows are trained with supervised "
-                             "fine-tuning only; remove rl or processor_type")
+            problems.append(f"rl: {self.rl} with processor_type: multimodal rows are trained with supervised "
+                            "fine-tuning only; remove rl or processor_type")
         if self.eval.baseline == "base" and self.eval.max_drop and "base" not in self.eval.models:
-            raise ValueError("eval.baseline is 'base' but eval.models does not evaluate 'base'; add it to eval.models")
+            problems.append("eval.baseline is 'base' but eval.models does not evaluate 'base'; add it to eval.models")
+        from newt.axolotl.rules import cross_field_problems  # issue 16: rules of the Axolotl keys
+
+        problems += cross_field_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
-
-
-class RecipeError(ValueError):
-    """Every problem of one recipe file, each naming its key path, the bad value, what is allowed and the fix."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        plural = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: {len(problems)} {plural}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # --- loading -------------------------------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+def group_name(stem: str) -> str:
+    """The asset group name of a recipe file: its stem with every character Dagster does not allow in a name
+    turned into `_` (`lora-1b.yml` → `lora_1b`, `3b.yml` → `_3b`), so that any file name is a recipe."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem)
+    return name if re.match(r"[A-Za-z_]", name) else f"_{name}"
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read, validate and name a recipe file. The file stem becomes the asset group name."""
+    """Read, validate and name a recipe file. The file stem, made a legal name (`group_name`), is the asset group."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise RecipeError(source, [f"file not found; expected a YAML recipe at {source}"])
-    name = path.stem
-    if not _NAME_RE.match(name):
-        raise RecipeError(
-            source, [f"file name {name!r} is not a valid asset group name; use letters, digits and _ only"]
-        )
-    return parse_recipe(path.read_text(encoding="utf-8"), source=source, name=name)
+    return parse_recipe(path.read_text(encoding="utf-8"), source=source, name=group_name(path.stem))
+
+
+def check_unique_names(recipes: list[Recipe]) -> None:
+    """Two files whose derived group names collide (`lora-1b.yml`, `lora_1b.yml`) cannot both be asset groups."""
+    seen: dict[str, str] = {}
+    for r in recipes:
+        first = seen.setdefault(r.name, str(r.source))
+        if first != str(r.source):
+            raise RecipeError(str(r.source), [f"its asset group name {r.name!r} is also the name of {first}; "
+                                              "rename one of the two files"])
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -489,19 +635,73 @@ def parse_recipe(text: str, *, source: str = "<recipe>", name: str = "recipe") -
     if not isinstance(data, dict):
         raise RecipeError(source, [f"expected a mapping of recipe keys at the top level, got {type(data).__name__}"])
     from newt.axolotl import translate
+    from newt.axolotl.standins import apply_standins
 
-    # Axolotl-only keys: rewritten to their newt spelling, or each named in the error with the alternative.
-    data, problems, notes = translate(data, Recipe.model_fields, DatasetSpec.model_fields)
+    # Axolotl-only keys: rewritten to their newt spelling, noted, or each named in the error with the alternative.
+    data, problems, notes = translate(data, Recipe.model_fields, DatasetSpec.model_fields, TrlConfig.model_fields)
+    data, unset_notes = drop_unset(data, Recipe)
+    data, standin_notes = apply_standins(data)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(source, problems + [_describe(err, data) for err in exc.errors()]) from None
+        raise RecipeError(source, problems + describe_errors(exc.errors(), data)) from None
     if problems:
         raise RecipeError(source, problems)
-    recipe._notes = notes
+    recipe._notes = notes + unset_notes + standin_notes
     recipe._name = name
     recipe._source = source
     return recipe
+
+
+def parse_resolved(path: str | Path) -> Recipe:
+    """A resolved recipe (the JSON the trained stage writes for its child, or any recipe YAML) through the same
+    parser as every other recipe, so the child reports newt's own errors too."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), [f"file not found; expected a resolved recipe at {path}"])
+    return parse_recipe(path.read_text(encoding="utf-8"), source=str(path), name=group_name(path.stem))
+
+
+def _allows_none(annotation: Any) -> bool:
+    return annotation is Any or annotation is type(None) or type(None) in get_args(annotation)
+
+
+def drop_unset(data: Any, model: type[BaseModel]) -> tuple[Any, list[str]]:
+    """An empty value (`lora_r:` → null) means "unset": a key whose type has no null is removed, so its default
+    applies, in nested sections too. A key whose type takes null keeps it (null means something there, e.g.
+    `adapter:` = full fine-tune, `role_boundaries[].end:` = to the end of the row)."""
+    if not isinstance(data, dict):
+        return data, []
+    out: dict[Any, Any] = {}
+    notes: list[str] = []
+    for key, value in data.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            out[key] = value
+            continue
+        if value is None and not _allows_none(info.annotation):
+            notes.append(f"{key}: empty, so the default applies ({default_text(info)})")
+            continue
+        inner = _inner_model(info.annotation)
+        if inner is not None and isinstance(value, dict):
+            value, sub = drop_unset(value, inner)
+            notes += [f"{key}.{n}" for n in sub]
+        elif inner is not None and isinstance(value, list):
+            items = []
+            for i, item in enumerate(value):
+                item, sub = drop_unset(item, inner)
+                items.append(item)
+                notes += [f"{key}[{i}].{n}" for n in sub]
+            value = items
+        out[key] = value
+    return out, notes
+
+
+def default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    value = info.default
+    return "see reference" if isinstance(value, BaseModel) else repr(value)
 
 
 def key_path(loc: tuple[Any, ...]) -> str:
@@ -536,6 +736,9 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
+_TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
+
+
 def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """`loc` without pydantic's union/validator tags (`list[str]`, `function-after[...]`), walking the input so
     that a user's own key that merely looks like a tag (`"["`) is kept."""
@@ -546,43 +749,78 @@ def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
             isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         ):
             node = node[part]
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
-            continue
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")
+                                        or (node is not None and not isinstance(node, dict))
+                                        or part in _TYPE_TAGS):
+            continue  # a union member's tag (`bool`, `literal['auto']`): below a scalar or list there are no keys
         else:
             node = None
         out.append(part)
     return tuple(out)
 
 
-def _describe(err: dict[str, Any], data: Any = None) -> str:
-    loc = _user_loc(tuple(err["loc"]), data)
-    where = key_path(loc)
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        known = list(owner.model_fields) if owner else []
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        tip = f"did you mean {hint[0]!r}?" if hint else "remove it"
-        return f"{where}: unknown key; {tip} (allowed keys here: {', '.join(known)})"
-    if kind == "missing":
-        owner = _model_at(loc[:-1])
-        desc = owner.model_fields[loc[-1]].description if owner and loc[-1] in owner.model_fields else ""
-        return f"{where}: required key is missing; add it ({desc})"
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
+_FIXES = {
+    "int_parsing": "write a whole number", "int_type": "write a whole number",
+    "int_from_float": "write a whole number", "float_parsing": "write a number", "float_type": "write a number",
+    "bool_parsing": "write true or false", "bool_type": "write true or false",
+    "string_type": "write text (quote it if YAML reads it as something else)", "list_type": "write a list",
+    "dict_type": "write a mapping (key: value lines)", "model_type": "write a mapping (key: value lines)",
+    "greater_than_equal": "raise it", "greater_than": "raise it", "less_than_equal": "lower it",
+    "less_than": "lower it", "too_short": "add entries", "too_long": "remove entries",
+}
+
+
+def describe_errors(errors: list[dict[str, Any]], data: Any = None) -> list[str]:
+    """newt's problem lines for pydantic's errors: one line per key (a union's alternatives are merged into one),
+    each with the value and the fix, and the allowed keys listed once per section that has an unknown key."""
+    by_loc: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in errors:
+        by_loc.setdefault(_user_loc(tuple(err["loc"]), data), []).append(err)
+    problems: list[str] = []
+    allowed: dict[str, list[str]] = {}
+    for loc, errs in by_loc.items():
+        where = key_path(loc)
+        if errs[0]["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            known = list(owner.model_fields) if owner else []
+            hint = close_match(str(loc[-1]), known)
+            section = key_path(tuple(p for p in loc[:-1] if not isinstance(p, int)))
+            allowed.setdefault(section, known)
+            problems.append(f"{where}: unknown key; " + (f"did you mean {hint!r}?" if hint else
+                            f"remove it (the allowed keys of {section} are listed below)"))
+        elif errs[0]["type"] == "missing":
+            owner = _model_at(loc[:-1])
+            desc = owner.model_fields[loc[-1]].description if owner and loc[-1] in owner.model_fields else ""
+            problems.append(f"{where}: required key is missing; add it ({desc})")
+        elif len(errs) == 1 and errs[0]["type"] == "value_error" and not loc:
+            problems += _message(errs[0]).split("\n")  # cross-field rules: one problem per line
+        else:
+            shown = repr(errs[0].get("input"))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            expected = "; or ".join(dict.fromkeys(_expectation(e) for e in errs))
+            problems.append(f"{where}: got {shown}; {expected}")
+    for section, known in allowed.items():
+        problems.append(f"{section}: allowed keys here are {', '.join(known)}")
+    return problems
+
+
+def _message(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    text = f"{where}: got {shown}; {msg[0].lower() + msg[1:]}"
+    return msg[0].lower() + msg[1:]
+
+
+def _expectation(err: dict[str, Any]) -> str:
+    """What the key takes and how to fix the value, for one pydantic error."""
+    kind, value, text = err["type"], err.get("input"), _message(err)
     expected = (err.get("ctx") or {}).get("expected")
-    if kind == "literal_error" and expected and isinstance(value, str):
+    if kind == "literal_error" and expected:
         options = re.findall(r"'([^']*)'", expected)
-        hint = difflib.get_close_matches(value, options, n=1)
-        if hint:
-            text += f"; did you mean {hint[0]!r}?"
-    return text
+        hint = close_match(value, options) if isinstance(value, str) else None
+        return f"choose one of: {', '.join(options)}" + (f" (did you mean {hint!r}?)" if hint else "")
+    fix = _FIXES.get(kind)
+    return f"{text}; {fix}" if fix else text
 
 
 # --- stage tags --------------------------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
         if adapter == "qlora":
             base = base.dequantize()  # NF4 → the values training saw, as plain nn.Linear weights
         base.to(torch_dtype)
+        from newt.tokens import resize_model  # new tokens (special_tokens/tokens): the adapter's vocabulary
+
+        resize_model(base, load_tokenizer(str(trained / "adapter"), trust_remote_code=trust_remote_code))
         model = PeftModel.from_pretrained(base, str(trained / "adapter")).merge_and_unload()
         model.to(torch_dtype)
         model.save_pretrained(str(out), safe_serialization=True)

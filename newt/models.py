@@ -47,14 +47,35 @@ def local_snapshot(name: str) -> Path:
         return Path(snapshot_download(resolved, local_files_only=True))
     except Exception:
         pass
+    from huggingface_hub import is_offline_mode
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    # One line each: the hub being unreachable is the usual case (offline machines, CI), named as such with how to
+    # provide a local copy; a name the hub does not know is a different fix.
+    local_copy = (f"download the model and point base_model at its folder (where the hub is reachable: hf "
+                  f"download {resolved} --local-dir DIR), or use builtin:tiny-llama")
+    not_a_name = (f"base_model {name!r} is neither a local folder (none at {Path(name).expanduser().absolute()}) nor "
+                  "a valid hub model name; fix the name, or point base_model at a model folder")
+    try:  # a path-like name that does not exist is no hub name either: say so, not "the hub cannot be reached"
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(resolved)
+    except HFValidationError:
+        raise ModelNotFound(not_a_name) from None
+    if is_offline_mode():
+        raise ModelNotFound(f"base_model {name!r}: the Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set) "
+                            f"and the model is not in the local hub cache; {local_copy}")
     try:
         return Path(snapshot_download(resolved))
+    except GatedRepoError:
+        raise ModelNotFound(f"base_model {name!r} is a gated hub model; accept its terms on "
+                            f"https://huggingface.co/{resolved} and export HF_TOKEN, or {local_copy}") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"base_model {name!r} is neither a local folder nor a hub model you can access; fix "
+                            "the name (or export HF_TOKEN for a private model)") from None
     except Exception as exc:
-        raise ModelNotFound(
-            f"base_model {name!r} is neither a local folder nor a hub model that can be fetched "
-            f"({type(exc).__name__}: {exc}). Fix the name, download the model and point base_model at its folder, "
-            f"or use builtin:tiny-llama"
-        ) from None
+        raise ModelNotFound(f"base_model {name!r}: the Hugging Face hub cannot be reached ({type(exc).__name__}) "
+                            f"and the model is not in the local hub cache; {local_copy}") from None
 
 
 def tokenizer_digest(name: str) -> dict[str, str]:

@@ -27,6 +27,8 @@ from newt.config import Recipe
 from newt.stage import StageRun
 
 NEEDS = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"), "grpo": ("prompt",)}
+# Methods trained on DPO's paired rows (TRL's experimental ORPO and CPO trainers; SimPO is a CPO loss).
+ROWS_OF = {"orpo": "dpo", "cpo": "dpo", "simpo": "dpo"}
 
 
 class PreferenceError(ValueError):
@@ -141,10 +143,13 @@ def build_preference(run: StageRun) -> dict[str, Any]:
     from newt.prepare_shards import held_out_count
 
     recipe = run.recipe
-    method = recipe.rl
+    method = ROWS_OF.get(recipe.rl, recipe.rl)
     assert method in NEEDS, method
     tokenizer = models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
                                       trust_remote_code=recipe.trust_remote_code)
+    from newt.tokens import apply_tokens  # issue 16: special_tokens / tokens / eot_tokens
+
+    apply_tokens(recipe, tokenizer)
     render = Renderer(recipe, tokenizer)
     out: list[dict[str, Any]] = []
     for i, spec in enumerate(recipe.datasets):

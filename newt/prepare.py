@@ -56,6 +56,9 @@ def build(run: StageRun) -> dict[str, Any]:
     else:
         tokenizer = models.load_tokenizer(recipe.tokenizer_config or recipe.base_model,
                                           trust_remote_code=recipe.trust_remote_code)
+    from newt.tokens import apply_tokens  # issue 16: special_tokens / tokens / eot_tokens
+
+    apply_tokens(recipe, tokenizer)
     needs_template = any(s.type in CHAT_TYPES for s in recipe.datasets)
     template = templates.template_for(recipe, tokenizer) if needs_template else None
     num_proc = recipe.dataset_num_proc or os.cpu_count() or 1

@@ -25,8 +25,9 @@ class PrepareError(ValueError):
 
 def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str):
     from newt.masking import Masker
+    from newt.tokens import check_turn_ends
 
-    return Masker(
+    masker = Masker(
         tokenizer,
         chat_template=template,
         roles_to_train=tuple(spec.roles_to_train or recipe.roles_to_train),
@@ -34,6 +35,8 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
         train_on_inputs=recipe.train_on_inputs,
         role_boundaries=recipe.role_boundaries or None,  # typed: the schema already checked them
     )
+    check_turn_ends(recipe, masker.boundaries, tokenizer)  # issue 16: eot_tokens are the turn ends
+    return masker
 
 
 def features(dedup: bool, multimodal: bool = False):

@@ -114,15 +114,15 @@ def test_validate_is_a_console_script_and_reports_every_problem(tmp_path: Path) 
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "note: lora_target_linear: True read as lora_target_modules: 'all-linear'" in ok.stdout
+    assert "note: sdp_attention: True read as attn_implementation: 'sdpa'" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("base_model: m\ndatasets: [{path: d}]\nlora_rr: 3\noutput_dir: ./out\n")
+    bad.write_text("base_model: m\ndatasets: [{path: d}]\nlora_rr: 3\nlora_model_dir: ./out\n")
     res = subprocess.run(
         [str(NEWT), "validate", str(bad)], capture_output=True, text=True, timeout=60, check=False
     )
     assert res.returncode == 2
-    assert "2 problems" in res.stderr and "did you mean 'lora_r'" in res.stderr
-    assert "Axolotl key 'output_dir' is not supported by newt" in res.stderr
+    assert "3 problems" in res.stderr and "did you mean 'lora_r'" in res.stderr  # + the allowed keys, once
+    assert "Axolotl key 'lora_model_dir' is not supported by newt" in res.stderr
 
 
 def test_the_core_and_the_cli_module_never_import_dagster() -> None:

@@ -41,13 +41,18 @@ eval: {thresholds: {exact_macth: 0.8}}
     with pytest.raises(RecipeError) as err:
         parse_recipe(text, source="recipes/bad.yaml")
     msg = str(err.value)
-    assert msg.startswith("recipes/bad.yaml: 5 problems:")
+    # 5 problems, then the allowed keys once for each section that has an unknown key
+    assert msg.startswith("recipes/bad.yaml: 7 problems:")
     assert "datasets[0].typ: unknown key; did you mean 'type'?" in msg
-    assert "datasets[0].train_on_eos: got 'lst'" in msg and "did you mean 'last'?" in msg
-    assert "'turn', 'all', 'last' or 'none'" in msg
+    assert ("datasets[0].train_on_eos: got 'lst'; choose one of: turn, all, last, none (did you mean 'last'?)"
+            in msg)
     assert "learning_rat: unknown key; did you mean 'learning_rate'?" in msg
-    assert "sequence_len: got 'many'; input should be a valid integer" in msg
+    assert "sequence_len: got 'many'; input should be a valid integer" in msg and "write a whole number" in msg
     assert "unknown metric 'exact_macth'" in msg and "did you mean 'exact_match'?" in msg
+    problems = err.value.problems
+    assert problems[-2].startswith("datasets: allowed keys here are path, type, split,")
+    assert problems[-1].startswith("<top level>: allowed keys here are base_model, tokenizer_config,")
+    assert sum("allowed keys here" in p for p in problems) == 2
 
 
 def test_missing_required_keys_and_yaml_errors() -> None:
@@ -61,11 +66,11 @@ def test_missing_required_keys_and_yaml_errors() -> None:
         parse_recipe("- just\n- a list\n", source="r.yaml")
 
 
-def test_recipe_file_name_must_be_a_group_name(tmp_path: Path) -> None:
-    bad = tmp_path / "my-recipe.yaml"
-    bad.write_text("base_model: m\ndatasets: [{path: d}]\n")
-    with pytest.raises(RecipeError, match="not a valid asset group name; use letters, digits and _ only"):
-        load_recipe(bad)
+def test_any_file_name_is_a_recipe_with_a_derived_group_name(tmp_path: Path) -> None:
+    for stem, group in (("lora-1b", "lora_1b"), ("qlora.8b v2", "qlora_8b_v2"), ("3b", "_3b"), ("ok_1", "ok_1")):
+        path = tmp_path / f"{stem}.yml"
+        path.write_text("base_model: m\ndatasets: [{path: d}]\n")
+        assert load_recipe(path).name == group
     with pytest.raises(RecipeError, match="file not found"):
         load_recipe(tmp_path / "nope.yaml")
 

@@ -32,6 +32,7 @@ METHOD_COLUMNS = {
     "kto": ("prompt", "completion", "label"),
     "grpo": ("prompt",),
 }
+METHOD_COLUMNS.update({m: METHOD_COLUMNS["dpo"] for m in ("orpo", "cpo", "simpo")})  # issue 16: paired rows
 
 
 class TrainError(ValueError):
@@ -44,7 +45,8 @@ def method_of(recipe: Recipe) -> str:
 
 def module_of(recipe: Recipe) -> str:
     method = method_of(recipe)
-    return f"newt.train.{'dpo' if method == 'kto' else method}"  # KTO shares dpo.py: same data, another loss
+    # KTO shares dpo.py (same data, another loss); CPO and SimPO share orpo.py (TRL's experimental paired trainers)
+    return f"newt.train.{ {'kto': 'dpo', 'cpo': 'orpo', 'simpo': 'orpo'}.get(method, method)}"
 
 
 def presets() -> list[str]:
@@ -73,7 +75,7 @@ def free_port() -> int:
 
 
 def accelerate_command(recipe: Recipe, script_args: list[str], *, cuda: bool | None = None,
-                       port: int | None = None) -> list[str]:
+                       port: int | None = None, workdir: Path | None = None) -> list[str]:
     """`python -m accelerate.commands.launch ... -m newt.train.<method> <args>` for this recipe on this machine."""
     if cuda is None:
         import torch
@@ -81,7 +83,12 @@ def accelerate_command(recipe: Recipe, script_args: list[str], *, cuda: bool | N
         cuda = torch.cuda.is_available()
     n = recipe.num_processes
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if recipe.accelerate_config:
+    from newt.train.launch_config import write_config  # issue 16: deepspeed / fsdp keys
+
+    generated = write_config(recipe, workdir) if workdir is not None else None
+    if generated is not None:
+        cmd += ["--config_file", str(generated)]
+    elif recipe.accelerate_config:
         cmd += ["--config_file", str(preset_path(recipe.accelerate_config))]
     elif n > 1:
         # `--cpu --num_processes 2` silently runs ONE process (accelerate 1.15); `--multi_gpu` with use_cpu=True in
@@ -151,7 +158,7 @@ def build(run: StageRun) -> dict[str, Any]:
     args = ["--recipe", str(recipe_file), "--data", str(run.upstream["prepared"]), "--output", str(work),
             "--base-model", resolve(run.recipe.base_model)]
     (work / "metrics.json").unlink(missing_ok=True)  # a stale file from a crashed run must not pass for a result
-    cmd = accelerate_command(run.recipe, args)
+    cmd = accelerate_command(run.recipe, args, workdir=work)
     (run.launcher or subprocess_launcher)(cmd, child_env())
     metrics_file = work / "metrics.json"
     if not metrics_file.is_file():

@@ -8,7 +8,6 @@ Each child stays one readable file that calls these in order; there is no traine
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import time
@@ -16,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import TrainerCallback
 
-from newt.config import Recipe
+from newt.config import Recipe, RecipeError, parse_resolved
+from newt.train import args as train_args
 from newt.train.hardware import check_settings
 from newt.train.report import Reporter
 
@@ -43,8 +42,10 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
     parser.add_argument("--output", required=True, help="output folder (checkpoints are kept in it until the end)")
     parser.add_argument("--base-model", help="local folder or hub name overriding recipe.base_model")
     args = parser.parse_args(argv)
-    text = Path(args.recipe).read_text()
-    recipe = Recipe.model_validate(json.loads(text) if args.recipe.endswith(".json") else yaml.safe_load(text))
+    try:  # the one recipe parser (newt.config), so a hand-made recipe gets newt's own errors too
+        recipe = parse_resolved(args.recipe)
+    except RecipeError as exc:
+        raise SystemExit(str(exc)) from None
     problems = check_settings(recipe)
     if problems:
         raise SystemExit("recipe settings cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -55,69 +56,28 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
 
 def load_base(recipe: Recipe, base: str) -> Any:
     """The base model in the dtype, attention kernel and quantization the recipe asks for."""
-    import torch
-
     from newt.models import load_model
 
-    dtype = torch.bfloat16 if recipe.bf16 else torch.float32
-    kwargs: dict[str, Any] = {"attn_implementation": recipe.attn_implementation}
-    if recipe.adapter == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        # nf4 with double quantization: the QLoRA paper's setting (Dettmers et al. 2023), as in Axolotl.
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
-        )
-    model = load_model(base, trust_remote_code=recipe.trust_remote_code, dtype=dtype, **kwargs)
-    if recipe.adapter == "qlora":
+    kwargs = train_args.model_kwargs(recipe)  # dtype, attention kernel, bitsandbytes quantization
+    model = load_model(base, trust_remote_code=recipe.trust_remote_code, **kwargs)
+    if recipe.adapter == "qlora" or recipe.load_in_8bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
     return model
 
 
-def peft_config(recipe: Recipe) -> Any:
+def peft_config(recipe: Recipe, model: Any = None, new_token_ids: list[int] | None = None) -> Any:
     if recipe.adapter is None:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.lora_target_modules, modules_to_save=recipe.lora_modules_to_save or None,
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**train_args.lora_kwargs(recipe, model, new_token_ids))
 
 
-def training_kwargs(recipe: Recipe, output: Path) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig)."""
-    import torch
-
-    return {
-        "output_dir": str(output / CHECKPOINTS),
-        "per_device_train_batch_size": recipe.micro_batch_size,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
-        "num_train_epochs": recipe.num_epochs,
-        "max_steps": recipe.max_steps or -1,
-        "learning_rate": recipe.learning_rate,
-        "lr_scheduler_type": recipe.lr_scheduler,
-        "warmup_steps": recipe.warmup_steps,
-        "optim": recipe.optimizer,
-        "weight_decay": recipe.weight_decay,
-        "seed": recipe.seed,
-        "data_seed": recipe.seed,
-        "logging_steps": recipe.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": recipe.save_steps,
-        "report_to": "none",
-        "use_cpu": not torch.cuda.is_available(),
-        "bf16": recipe.mixed_precision == "bf16",
-        "fp16": recipe.mixed_precision == "fp16",
-        "tf32": recipe.tf32 or None,
-        "gradient_checkpointing": recipe.gradient_checkpointing,  # TRL defaults it on; we follow the recipe
-        "torch_compile": recipe.torch_compile,
-        "disable_tqdm": True,
-        "ddp_find_unused_parameters": False if recipe.num_processes > 1 else None,
-    }
+def training_kwargs(recipe: Recipe, output: Path, *, has_eval: bool = False) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig): newt.train.args."""
+    return train_args.training_kwargs(recipe, output / CHECKPOINTS, has_eval=has_eval)
 
 
 def last_checkpoint(output: Path) -> tuple[str | None, int]:
@@ -147,12 +107,17 @@ class StreamMetrics(TrainerCallback):
         self.start = time.perf_counter()
         self.first_step: int | None = None
         self.history: list[dict] = []
+        self.eval_history: list[dict] = []  # held-out loss during training (evals_per_epoch / eval_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
         self.first_step = state.global_step  # non-zero after a resume
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            row = {"step": state.global_step, "eval_loss": round(float(logs["eval_loss"]), 6)}
+            self.eval_history.append(row)
+            self.reporter.log(" ".join(f"{k}={v}" for k, v in row.items()))
         if not logs or self.loss_key not in logs:
             return
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -187,6 +152,7 @@ def final_metrics(method: str, recipe: Recipe, trainer: Any, result: Any, stream
         "num_tokens": last.get("num_tokens"),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "loss_history": stream.history[-20:],
+        **({"eval_loss_history": stream.eval_history[-20:]} if stream.eval_history else {}),
     }
 
 

@@ -26,6 +26,7 @@ from newt.train.child import (
     save_final,
     training_kwargs,
 )
+from newt.train import args as train_args
 from newt.train.report import Reporter
 
 
@@ -38,9 +39,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. tokenizer, model, data
     tokenizer = load_tokenizer(recipe.tokenizer_config or args.base_model, trust_remote_code=recipe.trust_remote_code)
+    model = load_base(recipe, args.base_model)
+    model, new_ids = train_args.finish_model(recipe, tokenizer, model, reporter.log)  # issue 16: tokens, kernels
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = load_base(recipe, args.base_model)
     train = load_prepared(args.data, "train")
 
     # 3. train
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         from trl import KTOConfig as Config
         from trl import KTOTrainer as Trainer
 
-        method_kwargs = {"beta": recipe.rl_beta, "max_length": recipe.sequence_len}
+        method_kwargs = {"beta": recipe.rl_beta, "max_length": recipe.sequence_len,
+                         "desirable_weight": recipe.kto_desirable_weight,
+                         "undesirable_weight": recipe.kto_undesirable_weight}
         text_columns = ("prompt", "completion")
     else:
         from trl import DPOConfig as Config
@@ -57,15 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         method_kwargs = {"beta": recipe.rl_beta, "loss_type": list(recipe.dpo_loss_type),
                          "max_length": recipe.sequence_len}
         text_columns = ("prompt", "chosen", "rejected")
-    config = Config(**training_kwargs(recipe, output), **method_kwargs)
+    eval_split = train_args.held_out(recipe, args.data)  # evals_per_epoch / eval_steps
+    config = Config(**training_kwargs(recipe, output, has_eval=eval_split is not None), **method_kwargs)
     world = max(int(config.world_size), 1)
     # Tokens per row ≈ the prompt plus each completion, measured on the text the trainer will tokenize.
     sample = train.select(range(min(len(train), 64)))
     row_tokens = sum(len(tokenizer(r[c], add_special_tokens=False)["input_ids"]) for r in sample for c in text_columns)
     row_tokens /= max(len(sample), 1)
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
-    trainer = Trainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
-                      peft_config=peft_config(recipe), callbacks=[stream])
+    trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
+                      processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
+                      callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

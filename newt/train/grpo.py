@@ -29,6 +29,7 @@ from newt.train.child import (
     save_final,
     training_kwargs,
 )
+from newt.train import args as train_args
 from newt.train.report import Reporter
 
 
@@ -43,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. tokenizer, model, data
     tokenizer = load_tokenizer(recipe.tokenizer_config or args.base_model, trust_remote_code=recipe.trust_remote_code)
+    model = load_base(recipe, args.base_model)
+    model, new_ids = train_args.finish_model(recipe, tokenizer, model, reporter.log)  # issue 16: tokens, kernels
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation continues the prompt: pad on the left
-    model = load_base(recipe, args.base_model)
     train = load_prepared(args.data, "train")
 
     # 3. train
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     per_step = (prompt_tokens + trl_cfg.max_completion_length) * recipe.micro_batch_size
     stream = StreamMetrics(reporter, per_step * recipe.gradient_accumulation_steps * world)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
-                          processing_class=tokenizer, peft_config=peft_config(recipe), callbacks=[stream])
+                          processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
+                          callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

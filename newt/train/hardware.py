@@ -38,6 +38,9 @@ def check_settings(recipe: Recipe, *, cuda: bool | None = None) -> list[str]:
     if recipe.trl.use_vllm and (not cuda or importlib.util.find_spec("vllm") is None):
         problems.append("trl.use_vllm: true needs a CUDA GPU and a vllm build matching the installed torch; "
                         "set it to false to generate with plain `generate`")
+    from newt.train.args import hardware_problems  # issue 16: optimizers, 8-bit base
+
+    problems += hardware_problems(recipe, cuda=cuda)
     if recipe.num_processes > 1 and recipe.accelerate_config is None and cuda:
         import torch
 

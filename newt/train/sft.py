@@ -33,6 +33,7 @@ from newt.train.child import (
     save_final,
     training_kwargs,
 )
+from newt.train import args as train_args
 from newt.train.report import Reporter
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         tokenizer = load_tokenizer(source, trust_remote_code=recipe.trust_remote_code)
     model = load_base(recipe, args.base_model)
+    model, new_ids = train_args.finish_model(recipe, tokenizer, model, reporter.log)  # issue 16: tokens, kernels
     # A packed split (sample_packing) carries TRL's `seq_lengths`: position ids restart per example.
     columns = ["input_ids", "labels", "seq_lengths"] if recipe.sample_packing else ["input_ids", "labels"]
     if recipe.processor_type:
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     # 3. train
     from trl import SFTConfig, SFTTrainer
 
+    eval_split = train_args.held_out(recipe, args.data, columns)  # evals_per_epoch / eval_steps
     config = SFTConfig(
-        **training_kwargs(recipe, output),
+        **training_kwargs(recipe, output, has_eval=eval_split is not None),
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
         # Packed rows: TRL's padding-free collation, no attention across examples (newt/packing.py).
         **({"padding_free": True, "max_length": None} if recipe.sample_packing else {}),
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     mean_len = sum(len(x) for x in train["input_ids"]) / max(len(train), 1)
     stream = StreamMetrics(reporter, mean_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
-                         data_collator=collator, peft_config=peft_config(recipe), callbacks=[stream])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
+                         processing_class=tokenizer, data_collator=collator,
+                         peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

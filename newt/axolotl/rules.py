@@ -1,0 +1,84 @@
+"""Checks of the Axolotl-derived recipe keys that need more than one field or a library's list of names.
+
+`cross_field_problems` is called by `Recipe._cross_field`, which reports its problems together with the schema's
+own cross-field rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from newt.config import Recipe
+
+# Axolotl plugins newt applies (by class name, whatever module path the config spells) → what they switch on.
+PLUGINS = {"LigerPlugin": "Liger kernels (liger_* keys)", "CutCrossEntropyPlugin": "cut_cross_entropy"}
+
+
+@lru_cache(maxsize=1)
+def optimizer_names() -> tuple[str, ...]:
+    """transformers' `OptimizerNames` values. Read from the module's source (a plain string enum) so that
+    `newt validate` does not pay for importing transformers and torch; imported when the source cannot be read."""
+    spec = importlib.util.find_spec("transformers.training_args")
+    names: list[str] = []
+    if spec is not None and spec.origin:
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == "OptimizerNames":
+                names = [
+                    stmt.value.value for stmt in node.body
+                    if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                ]
+    if not names:
+        from transformers.training_args import OptimizerNames
+
+        names = [o.value for o in OptimizerNames]
+    return tuple(names)
+
+
+def check_optimizer(value: str) -> str:
+    names = optimizer_names()
+    if value in names:
+        return value
+    from newt.recipe_errors import close_match
+
+    hint = close_match(value, names)
+    raise ValueError(f"not an optimizer transformers knows; choose one of: {', '.join(names)}"
+                     + (f" (did you mean {hint!r}?)" if hint else ""))
+
+
+def plugin_kind(name: str) -> str | None:
+    return name.rsplit(".", 1)[-1] if name.rsplit(".", 1)[-1] in PLUGINS else None
+
+
+def cross_field_problems(recipe: Recipe) -> list[str]:
+    problems: list[str] = []
+    given = recipe.model_fields_set
+    if recipe.warmup_ratio is not None and recipe.warmup_steps:
+        problems.append("warmup_ratio and warmup_steps are both set; keep one of them")
+    if recipe.saves_per_epoch is not None and "save_steps" in given:
+        problems.append("saves_per_epoch and save_steps are both set; keep one of them")
+    if recipe.evals_per_epoch is not None and recipe.eval_steps is not None:
+        problems.append("evals_per_epoch and eval_steps are both set; keep one of them")
+    if recipe.load_in_8bit and recipe.adapter != "lora":
+        problems.append(f"load_in_8bit: true needs adapter: lora (8-bit LoRA), but adapter is {recipe.adapter!r}; "
+                        "use adapter: lora, or remove load_in_8bit (qlora is already 4-bit)")
+    if recipe.deepspeed and recipe.fsdp:
+        problems.append("deepspeed and fsdp are both set; keep one of them")
+    if (recipe.deepspeed or recipe.fsdp or recipe.fsdp_config) and recipe.accelerate_config:
+        problems.append("accelerate_config is set together with deepspeed/fsdp, which make the accelerate config; "
+                        "keep one of them")
+    for i, name in enumerate(recipe.plugins):
+        if plugin_kind(name) is None:
+            problems.append(f"plugins[{i}]: {name!r} is not an Axolotl plugin newt applies; newt applies "
+                            f"{', '.join(PLUGINS)} (by class name); remove it")
+    if recipe.rl not in ("orpo",) and recipe.orpo_alpha is not None:
+        problems.append(f"orpo_alpha is set but rl is {recipe.rl!r}; set rl: orpo or remove orpo_alpha")
+    if recipe.rl not in ("cpo", "simpo") and (recipe.cpo_alpha is not None or recipe.simpo_gamma is not None):
+        problems.append(f"cpo_alpha/simpo_gamma are set but rl is {recipe.rl!r}; set rl: cpo or simpo, or remove them")
+    return problems
