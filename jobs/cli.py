@@ -38,7 +38,15 @@ def step_error(error: Any) -> str:
     stage's (newt's) error with its fix, not the library error it was raised from."""
     while error is not None and error.cls_name and error.cls_name.startswith("Dagster") and error.cause:
         error = error.cause
-    return error.message.strip() if error is not None else "see the run log"
+    if error is None:
+        return "see the run log"
+    text = error.message.strip()
+    # Dagster writes "<module>.<Class>: <message>"; newt's own message stands alone, another library's keeps
+    # its class name (as newt.errors.message shows it).
+    prefix = re.match(rf"^((?:[\w]+\.)*){re.escape(error.cls_name or '')}: ", text)
+    if prefix:
+        text = text[prefix.end():] if prefix.group(1).startswith("newt.") else f"{error.cls_name}: " + text[prefix.end():]
+    return text
 
 
 # --- run -------------------------------------------------------------------------------------------------------
@@ -49,8 +57,9 @@ STEP_RE = re.compile(r"^step=(\d+)\b(.*)$")
 class Progress:
     """Turns the run's Dagster log records into terminal progress: a line per stage, a bar for training steps."""
 
-    def __init__(self, recipe: Any, stream: TextIO | None = None):
+    def __init__(self, recipe: Any, stream: TextIO | None = None, debug: bool = False):
         self.recipe = recipe
+        self.debug = debug
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.started: dict[str, float] = {}
@@ -98,7 +107,10 @@ class Progress:
             self._print(f"✓ {stage}  {self.cache.get(stage, '')}  {took:.1f} s")
         elif kind == "STEP_FAILURE":
             self._close_bar()
-            self._print(f"✗ {stage} failed: {step_error(getattr(data, 'error', None))}")
+            error = getattr(data, "error", None)
+            self._print(f"✗ {stage} failed: {step_error(error)}")
+            if self.debug and error is not None:  # --debug: the whole chain, tracebacks included
+                self._print(error.to_string())
 
     def _message(self, stage: str, message: str, level: int) -> None:
         match = STEP_RE.match(message)
@@ -162,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(known)}", file=sys.stderr)
         return 2
-    progress = Progress(recipe)
+    progress = Progress(recipe, debug=getattr(args, "debug", False))
     defs = definitions.build_definitions(recipe_files=[Path(args.recipe)])
     # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
     job = defs.resolve_job_def(f"{recipe.name}_job").with_logger_defs({"newt": _progress_logger(progress)})
@@ -207,6 +219,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- ui --------------------------------------------------------------------------------------------------------
 
 
+def check_recipes(folder: Path) -> None:
+    """Every recipe of the folder the UI will load, checked first: one message naming each bad file, instead of
+    a code location error inside the UI."""
+    from newt.config import RecipeError, load_recipe
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"newt ui: the recipes folder {folder} does not exist; fix: give --recipes FOLDER "
+                                "or set NEWT_RECIPES to a folder of recipe YAML files")
+    problems = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            load_recipe(path)
+        except RecipeError as exc:
+            problems += [f"{path.name}: {p}" for p in exc.problems]
+    if problems:
+        raise RecipeError(str(folder), problems)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     base = LAYER if CHECKOUT else Path.cwd()  # installed: history and recipes of the folder it is started in
@@ -218,8 +248,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         env["DAGSTER_HOME"] = str(home)
     if args.recipes:
         env["NEWT_RECIPES"] = str(Path(args.recipes).resolve())
-    elif not CHECKOUT and not env.get("NEWT_RECIPES"):
+    elif not env.get("NEWT_RECIPES"):
         env["NEWT_RECIPES"] = str(base / "recipes")
+    check_recipes(Path(env["NEWT_RECIPES"]))
     dagster = Path(sys.executable).with_name("dagster")
     where = ["-w", str(LAYER / "workspace.yaml")] if CHECKOUT else ["-m", "newt_dagster.definitions"]
     cmd = [str(dagster) if dagster.exists() else "dagster", "dev", *where, "-h", "127.0.0.1", "-p", str(args.port)]

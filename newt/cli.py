@@ -47,9 +47,13 @@ def _color(stream: TextIO, no_color: bool) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from newt.config import load_recipe
+    from newt.config import RecipeError, load_recipe
+    from newt.validate import problems
 
     recipe = load_recipe(args.recipe)
+    found = problems(recipe)  # data files, first rows, template names, roles: everything short of training
+    if found:
+        raise RecipeError(args.recipe, found)
     print(
         f"{args.recipe}: ok (recipe {recipe.name}, base_model {recipe.base_model}, {len(recipe.datasets)} dataset(s))"
     )
