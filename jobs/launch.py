@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", help="job name, e.g. demo_job")
     parser.add_argument("-w", "--workspace", default=str(CHECKOUT / "workspace.yaml"))
+    parser.add_argument("-o", "--op-selection", help="only these steps (dagster job launch -o), e.g. demo__dataset")
     args = parser.parse_args(argv)
     if not os.environ.get("DAGSTER_HOME"):
         print("python -m jobs.launch: set DAGSTER_HOME (the UI must read the same run history)", file=sys.stderr)
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     run_id = str(uuid.uuid4())
     daemon = lifetime.start([str(bin_dir / "dagster-daemon"), "run", "-w", args.workspace], os.environ)
     try:
+        select = ["-o", args.op_selection] if args.op_selection else []
         subprocess.run([str(bin_dir / "dagster"), "job", "launch", "-w", args.workspace, "-j", args.job,
-                        "--run-id", run_id], check=True, cwd=Path(args.workspace).parent)
+                        "--run-id", run_id, *select], check=True, cwd=Path(args.workspace).parent)
         with dg.DagsterInstance.get() as instance:
             status = wait(instance, run_id, daemon)
     finally:

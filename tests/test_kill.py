@@ -170,8 +170,8 @@ def test_training_child_killed_fails_the_run_with_newts_message_and_the_rerun_re
     log = tmp_path / "run.log"
     proc = start(lab, recipe_file, log)
     wait_for_checkpoint(proc, work, log)
-    ranks = [p for p in processes_with(str(work))
-             if b"newt.train.sft" in Path(f"/proc/{p}/cmdline").read_bytes()]  # fmt: skip
+    cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes() for p in processes_with(str(work))}
+    ranks = [p for p, cmd in cmdlines.items() if b"newt.train.sft" in cmd and b"accelerate" not in cmd]
     assert len(ranks) == 1, ranks
     os.kill(ranks[0], signal.SIGKILL)
     assert proc.wait(timeout=120) == 1
