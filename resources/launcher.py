@@ -47,7 +47,7 @@ class LocalLauncher(TrainingLauncher):
             finally:  # a no-op after a normal exit; on an interrupt it stops accelerate and every rank
                 lifetime.stop(proc)
         if proc.returncode != 0:
-            raise RuntimeError(f"training child failed with exit code {proc.returncode}: {' '.join(cmd)}")
+            raise lifetime.ChildFailed(proc.returncode, cmd)
 
 
 # Variables of the parent's environment that the pod needs (the rest of the parent's environment stays here).

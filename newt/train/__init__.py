@@ -103,7 +103,7 @@ def subprocess_launcher(cmd: list[str], env: dict[str, str]) -> None:
     finally:
         lifetime.stop(proc)
     if proc.returncode != 0:
-        raise RuntimeError(f"training child failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        raise lifetime.ChildFailed(proc.returncode, cmd)
 
 
 def child_env() -> dict[str, str]:

@@ -33,6 +33,16 @@ POLL_S = 0.5
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+class ChildFailed(RuntimeError):
+    """The training command exited non-zero (its own output, above in the log, says why)."""
+
+    def __init__(self, returncode: int, cmd: Sequence[str]):
+        how = f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
+        super().__init__(f"training child failed: it {how} (its output above says why); the work folder keeps its "
+                         f"checkpoints, so a rerun resumes from the last one. Command: {' '.join(cmd)}")
+        self.returncode = returncode
+
+
 def process_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), '' where /proc is absent, None if it is gone
     or a zombie (a killed process its parent has not reaped yet is gone for our purposes)."""
