@@ -14,9 +14,11 @@ from .sources import source_asset_keys
 
 if __package__.startswith("newt_dagster."):  # installed from the wheel: one package, shadowing nothing
     from ..resources.launcher import TrainingLauncher
+    from ..resources.runs import record_run_processes
     from ..resources.store import NewtStore
 else:  # a checkout: top-level packages beside newt/
     from resources.launcher import TrainingLauncher
+    from resources.runs import record_run_processes
     from resources.store import NewtStore
 
 # Stages that hold an accelerator while they run: Dagster's `gpu` pool lets one of them run at a time
@@ -68,6 +70,7 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
         tags={"newt/stage": stage_of(stage)},
     )
     def _asset(context: dg.AssetExecutionContext, store: NewtStore, launcher: TrainingLauncher):
+        record_run_processes(context)  # so that a later `newt run` can tell this run died (resources/runs.py)
         launch = None
         if stage == "trained":
             def launch(cmd: list[str], env: dict[str, str]) -> None:

@@ -51,3 +51,7 @@ def test_a_launched_run_has_the_code_location_as_origin(tmp_path: Path) -> None:
         assert run.remote_job_origin is not None, "no code-location origin: the UI would not list the run"
         assert run.remote_job_origin.location_name == "newt"  # workspace.yaml's location_name
         assert run.remote_job_origin.repository_origin.code_location_origin.location_name == "newt"
+        # the step recorded its processes (a step subprocess and its run worker) for dead-run detection
+        from resources.runs import TAG_PROCESSES
+
+        assert len(run.tags[TAG_PROCESSES].split(",")) == 2, run.tags
