@@ -24,7 +24,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m newt.synthetic data/reversal.jsonl
-	$(VENV)/bin/dagster job execute -m definitions -j demo_job
+	$(PY) -m jobs.launch demo_job  # through workspace.yaml: the UI lists the run under its job
 	$(VENV)/bin/newt plan recipes/demo.yaml
 	@echo
 	@echo "Open the UI:  make ui   → http://127.0.0.1:3000  (asset group 'demo'; run history in .dagster_home)"

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import recipe_assets
-from jobs import recipe_job, recipe_schedules, recipe_sensors
 from newt.config import check_unique_names, load_recipe
-from resources import NewtStore, launcher_from_env
+
+if (__package__ or "").startswith("newt_dagster"):  # installed from the wheel: see pyproject.toml's package-dir
+    from .assets import recipe_assets
+    from .jobs import recipe_job, recipe_schedules, recipe_sensors
+    from .resources import NewtStore, launcher_from_env
+else:  # a checkout: the Dagster layer's packages sit top-level beside newt/
+    from assets import recipe_assets
+    from jobs import recipe_job, recipe_schedules, recipe_sensors
+    from resources import NewtStore, launcher_from_env
 
 RECIPES = Path(os.environ.get("NEWT_RECIPES") or Path(__file__).parent / "recipes")
 

@@ -1,5 +1,5 @@
 """Dagster assets: each recipe file becomes one asset group of six stages (see assets/factory.py)."""
 
-from assets.factory import recipe_assets, stage_asset_key
+from .factory import recipe_assets, stage_asset_key
 
 __all__ = ["recipe_assets", "stage_asset_key"]

@@ -10,9 +10,16 @@ import dagster as dg
 
 from newt.config import Recipe
 from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, nodes, run_stage, stage_of, upstream_of
-from resources.launcher import TrainingLauncher
-from assets.sources import source_asset_keys
-from resources.store import NewtStore
+from .sources import source_asset_keys
+
+if __package__.startswith("newt_dagster."):  # installed from the wheel: one package, shadowing nothing
+    from ..resources.launcher import TrainingLauncher
+    from ..resources.runs import record_run_processes
+    from ..resources.store import NewtStore
+else:  # a checkout: top-level packages beside newt/
+    from resources.launcher import TrainingLauncher
+    from resources.runs import record_run_processes
+    from resources.store import NewtStore
 
 # Stages that hold an accelerator while they run: Dagster's `gpu` pool lets one of them run at a time
 # (limit set in dagster.yaml).
@@ -34,7 +41,7 @@ def stage_asset_key(recipe_name: str, stage: str) -> dg.AssetKey:
 
 def recipe_assets(recipe: Recipe) -> list[dg.AssetsDefinition | dg.SourceAsset]:
     """One asset per node: the six stages plus `quantized_<method>` for each further quantize output."""
-    from assets.sources import source_assets
+    from .sources import source_assets
 
     return [*source_assets(recipe), *(_stage_asset(recipe, node) for node in nodes(recipe))]
 
@@ -63,6 +70,7 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
         tags={"newt/stage": stage_of(stage)},
     )
     def _asset(context: dg.AssetExecutionContext, store: NewtStore, launcher: TrainingLauncher):
+        record_run_processes(context)  # so that a later `newt run` can tell this run died (resources/runs.py)
         launch = None
         if stage == "trained":
             def launch(cmd: list[str], env: dict[str, str]) -> None:

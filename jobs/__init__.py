@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from jobs.schedules import recipe_schedules
-from jobs.sensors import recipe_sensors
+from .schedules import recipe_schedules
+from .sensors import recipe_sensors
 from newt.config import Recipe
 
 __all__ = ["job_name", "recipe_job", "recipe_schedules", "recipe_sensors"]

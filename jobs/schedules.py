@@ -12,7 +12,11 @@ from __future__ import annotations
 import dagster as dg
 
 from newt.config import Recipe
-from resources.store import NewtStore
+
+if __package__.startswith("newt_dagster."):  # installed from the wheel (pyproject.toml's package-dir)
+    from ..resources.store import NewtStore
+else:  # a checkout: top-level packages beside newt/
+    from resources.store import NewtStore
 
 
 def recipe_schedules(recipe: Recipe) -> list[dg.ScheduleDefinition]:

@@ -175,12 +175,38 @@ class Store:
         machine still share the local work folder of a key (`workdir`), so they take a flock in the local cache;
         across machines, marker-last writes of the same key make a lost race harmless.
         """
-        lock_dir = Path(self._root_path) / ".locks" if self.is_local else cache_dir() / "locks"
-        lock_file = _mkdir(lock_dir) / f"{stage}-{key}.lock"
-        with open(lock_file, "a+") as handle:
+        with open(self._lock_file(stage, key), "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _lock_file(self, stage: str, key: str) -> Path:
+        lock_dir = Path(self._root_path) / ".locks" if self.is_local else cache_dir() / "locks"
+        return _mkdir(lock_dir) / f"{stage}-{key}.lock"
+
+    @contextlib.contextmanager
+    def reading(self, artifacts: list[tuple[str, str]]) -> Iterator[None]:
+        """Shared locks on the (stage, key) artifacts a build reads, held while it runs: `newt gc` (which needs
+        the exclusive lock to delete) never removes an artifact a running build holds."""
+        with contextlib.ExitStack() as stack:
+            for stage, key in artifacts:
+                handle = stack.enter_context(open(self._lock_file(stage, key), "a+"))
+                fcntl.flock(handle, fcntl.LOCK_SH)
+            yield
+
+    @contextlib.contextmanager
+    def unused(self, stage: str, key: str) -> Iterator[bool]:
+        """The key's exclusive lock if nobody builds or reads it now (True), without waiting (else False)."""
+        with open(self._lock_file(stage, key), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -7,6 +7,11 @@
     newt run RECIPE          materialize the recipe's six stages in this process, with progress; exit code 1
                              when a step or an evaluation gate fails
     newt ui                  the Dagster UI (dagster dev) on 127.0.0.1
+    newt gc [RECIPES]        remove store artifacts no recipe's current plan references (dry run unless --yes)
+
+`run` and `ui` need Dagster: they live in the Dagster layer (jobs/cli.py) and this module hands them over, so the
+core never imports dagster. A failure prints newt's own message with its fix; `--debug` adds the traceback.
+Ctrl-C and SIGTERM stop a run with one line and exit status 130 / 143.
 
 RECIPE is a YAML file anywhere; its file stem names the recipe (the asset group). The store is NEWT_STORE
 (default .newt/store) with NEWT_STORE_OPTIONS; run history goes to DAGSTER_HOME when it is set.
@@ -18,19 +23,15 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from newt import STAGES
 from newt import IGNORE_INDEX as IGNORE
 
-ROOT = (
-    Path(__file__).resolve().parents[1]
-)  # the checkout holding definitions.py, assets/, jobs/, workspace.yaml
+ROOT = Path(__file__).resolve().parents[1]  # a checkout (definitions.py, assets/, jobs/) or site-packages
 
 
 def _store():
@@ -47,9 +48,13 @@ def _color(stream: TextIO, no_color: bool) -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from newt.config import load_recipe
+    from newt.config import RecipeError, load_recipe
+    from newt.validate import problems
 
     recipe = load_recipe(args.recipe)
+    found = problems(recipe)  # data files, first rows, template names, roles: everything short of training
+    if found:
+        raise RecipeError(args.recipe, found)
     print(
         f"{args.recipe}: ok (recipe {recipe.name}, base_model {recipe.base_model}, {len(recipe.datasets)} dataset(s))"
     )
@@ -194,209 +199,30 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- run -------------------------------------------------------------------------------------------------------
-
-STEP_RE = re.compile(r"^step=(\d+)\b(.*)$")
+# --- run, ui: the verbs that need Dagster live in the Dagster layer (jobs/cli.py) -------------------------------
 
 
-class Progress:
-    """Turns the run's Dagster log records into terminal progress: a line per stage, a bar for training steps."""
+def dagster_verbs() -> Any:
+    """The Dagster layer's verbs: the checkout's `jobs/cli.py` when this file sits in a checkout, else the
+    installed wheel's `newt_dagster.jobs.cli` (pyproject.toml). The core never imports dagster itself."""
+    import importlib
 
-    def __init__(self, recipe: Any, stream: TextIO | None = None):
-        self.recipe = recipe
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.started: dict[str, float] = {}
-        self.cache: dict[str, str] = {}
-        self.failed_checks: list[str] = []
-        self.bar = None
-
-    def _print(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def handle(self, record: Any) -> None:
-        meta = getattr(record, "dagster_meta", None) or {}
-        step = meta.get("step_key") or ""
-        stage = step.rsplit("__", 1)[-1] if step else ""
-        event = meta.get("dagster_event")
-        if event is None:
-            self._message(stage, str(meta.get("orig_message", record.getMessage())), record.levelno)
-            return
-        kind = event.event_type_value
-        data = event.event_specific_data
-        if kind == "STEP_START":
-            self.started[stage] = time.monotonic()
-            self._print(f"▶ {stage}")
-        elif kind == "ASSET_MATERIALIZATION":
-            cache = data.materialization.metadata.get("cache")
-            self.cache[stage] = getattr(cache, "value", "") or ""
-        elif kind == "ASSET_CHECK_EVALUATION":
-            evaluation = data
-            mark = "✓" if evaluation.passed else "✗"
-            verdicts = evaluation.metadata.get("verdicts")
-            self._print(
-                f"  {mark} check {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}"
-            )
-            if verdicts is not None:
-                for line in str(verdicts.value).splitlines():
-                    self._print(f"      {line}")
-            if not evaluation.passed:
-                self.failed_checks.append(evaluation.check_name)
-        elif kind == "STEP_SUCCESS":
-            self._close_bar()
-            took = time.monotonic() - self.started.get(stage, time.monotonic())
-            self._print(f"✓ {stage}  {self.cache.get(stage, '')}  {took:.1f} s")
-        elif kind == "STEP_FAILURE":
-            self._close_bar()
-            error = getattr(data, "error", None)
-            while error is not None and error.cause is not None:  # Dagster wraps the stage's own exception
-                error = error.cause
-            message = error.message.strip() if error is not None else "see the run log"
-            self._print(f"✗ {stage} failed: {message}")
-
-    def _message(self, stage: str, message: str, level: int) -> None:
-        match = STEP_RE.match(message)
-        if stage == "trained" and match:
-            step, rest = int(match.group(1)), match.group(2).strip()
-            if self.tty:
-                if self.bar is None:
-                    from tqdm import tqdm
-
-                    self.bar = tqdm(
-                        total=self.recipe.max_steps, desc="  training", unit="step", file=self.stream
-                    )
-                # the bar shows the loss; the full line (lr, grad norm, tokens/s) is in the run log
-                self.bar.set_postfix_str(
-                    " ".join(f for f in rest.split() if f.startswith("loss=")), refresh=False
-                )
-                self.bar.update(step - self.bar.n)
-            else:  # a log file gets one line per logging step
-                total = f"/{self.recipe.max_steps}" if self.recipe.max_steps else ""
-                self._print(f"  trained: step {step}{total} {rest}")
-            return
-        if level >= 20 and stage:  # INFO and above from the stage's own code (which names itself)
-            self._print(f"  {message if message.startswith(stage) else f'{stage}: {message}'}")
-
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _progress_logger(progress: Progress):
-    import logging
-
-    import dagster as dg
-
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                progress.handle(record)
-            except Exception:  # noqa: BLE001 - progress display must never fail a run
-                self.handleError(record)
-
-    @dg.logger(description="newt CLI progress")
-    def newt_progress(_init_context):
-        # A private logger, not logging.getLogger(): its handler must not outlive this run or reach other loggers.
-        logger = logging.Logger("newt.cli.progress", level=logging.DEBUG)  # noqa: LOG001
-        logger.addHandler(Handler())
-        return logger
-
-    return newt_progress
+    if (ROOT / "workspace.yaml").is_file() and (ROOT / "definitions.py").is_file():
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        return importlib.import_module("jobs.cli")
+    return importlib.import_module("newt_dagster.jobs.cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from newt.config import load_recipe
 
-    recipe = load_recipe(args.recipe)  # recipe errors before Dagster is imported (seconds)
-    # The Dagster layer is imported here and only here (and in `newt ui`): the core library never imports dagster.
-    # definitions.py lives at the checkout root, beside newt/.
-    sys.path.insert(0, str(ROOT))
-    import dagster as dg
-
-    from definitions import build_definitions
-    from newt.pipeline import nodes
-
-    known = nodes(recipe)  # the six stages plus quantized_<method> for each further quantize output
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else list(known)
-    unknown = [s for s in stages if s not in known]
-    if unknown:
-        print(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(known)}", file=sys.stderr)
-        return 2
-    progress = Progress(recipe)
-    defs = build_definitions(recipe_files=[Path(args.recipe)])
-    # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
-    job = defs.resolve_job_def(f"{recipe.name}_job").with_logger_defs({"newt": _progress_logger(progress)})
-    selection = [dg.AssetKey([recipe.name, s]) for s in stages]
-    print(
-        f"newt run {recipe.name}: {', '.join(stages)} → store {_store().root}",
-        file=sys.stderr,
-    )
-    started = time.monotonic()
-    # A persistent instance keeps the run in the UI's history; without DAGSTER_HOME the run is not recorded.
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    with instance:
-        result = job.execute_in_process(
-            run_config={"loggers": {"newt": {}}},
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=selection,
-            tags={"newt/trigger": "cli"},
-        )
-    failed_checks = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
-    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    took = time.monotonic() - started
-    if result.success and not failed_checks:
-        print(f"newt run {recipe.name}: ok in {took:.1f} s (run {result.run_id})", file=sys.stderr)
-        return 0
-    what = [f"failed step(s): {', '.join(failed_steps)}"] if failed_steps else []
-    what += [f"failed check(s): {', '.join(failed_checks)}"] if failed_checks else []
-    print(
-        f"newt run {recipe.name}: FAILED in {took:.1f} s ({'; '.join(what) or 'see above'}; run {result.run_id})",
-        file=sys.stderr,
-    )
-    return 1
-
-
-# --- ui --------------------------------------------------------------------------------------------------------
+    load_recipe(args.recipe)  # recipe errors before Dagster is imported (seconds)
+    return dagster_verbs().cmd_run(args)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    if not env.get("DAGSTER_HOME"):  # like `make ui`: run history inside the checkout, git-ignored
-        home = ROOT / ".dagster_home"
-        home.mkdir(exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-        env["DAGSTER_HOME"] = str(home)
-    if args.recipes:
-        env["NEWT_RECIPES"] = str(Path(args.recipes).resolve())
-    dagster = Path(sys.executable).with_name("dagster")
-    cmd = [
-        str(dagster) if dagster.exists() else "dagster",
-        "dev",
-        "-w",
-        str(ROOT / "workspace.yaml"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(args.port),
-    ]
-    print(
-        f"newt ui: http://127.0.0.1:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']}; Ctrl-C stops it)",
-        file=sys.stderr,
-    )
-    # Replace this process: Ctrl-C and SIGTERM then reach dagster dev itself, which shuts down its children.
-    # Both go back to their defaults first: started with `&` from a script, SIGINT arrives ignored, exec keeps it
-    # ignored, and dagster dev (which handles SIGTERM like SIGINT) would then not stop (../shared/ENVIRONMENT.md).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.chdir(ROOT)
-    os.execvpe(cmd[0], cmd, env)
-    return 0  # not reached
+    return dagster_verbs().cmd_ui(args)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------
@@ -406,35 +232,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="newt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error, not only newt's message")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="check a recipe")
+    p = sub.add_parser("validate", help="check a recipe", parents=[common])
     p.add_argument("recipe")
     p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("plan", help="per stage: hit or miss, and what changed since the last artifact")
+    p = sub.add_parser("plan", help="per stage: hit or miss, and what changed since the last artifact",
+                       parents=[common])
     p.add_argument("recipe")
     p.set_defaults(fn=cmd_plan)
-    p = sub.add_parser("preview", help="trained and masked tokens of the first rows")
+    p = sub.add_parser("preview", help="trained and masked tokens of the first rows", parents=[common])
     p.add_argument("recipe")
     p.add_argument("-n", "--rows", type=int, default=3, help="rows to show (default 3)")
     p.add_argument("--split", choices=("train", "validation"), default="train")
     p.add_argument("--no-color", action="store_true", help="mark trained text with ⟦…⟧ instead of colors")
     p.set_defaults(fn=cmd_preview)
-    p = sub.add_parser("run", help="materialize the recipe in this process (no UI)")
+    p = sub.add_parser("run", help="materialize the recipe in this process (no UI)", parents=[common])
     p.add_argument("recipe")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1", parents=[common])
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--recipes", help="recipes folder (default: NEWT_RECIPES or the checkout's recipes/)")
     p.set_defaults(fn=cmd_ui)
+    from newt.gc import add_parser as add_gc
+
+    add_gc(sub, parents=[common])
     args = parser.parse_args(argv)
     from newt.config import RecipeError
+    from newt.errors import Interrupted, interrupted_by, show, watching_signals
 
-    try:
-        return args.fn(args)
-    except RecipeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    with watching_signals():
+        try:
+            return args.fn(args)
+        except Interrupted as exc:  # a run stopped by Ctrl-C or SIGTERM: one line, the shell's exit status
+            print(exc, file=sys.stderr)
+            return exc.code
+        except KeyboardInterrupt:
+            sig = interrupted_by() or signal.SIGINT
+            print(f"newt {args.command}: stopped by {signal.Signals(sig).name}", file=sys.stderr)
+            return 128 + sig
+        except Exception as exc:  # noqa: BLE001 - every failure is shown as newt's message (--debug: traceback)
+            show(exc, sys.stderr, args.debug)
+            return 2 if isinstance(exc, RecipeError) else 1
 
 
 if __name__ == "__main__":

@@ -82,8 +82,8 @@ class DatasetSpec(Strict):
     )
     roles: dict[str, list[str]] | None = knob(
         None,
-        "Role names in the data mapped to template roles, e.g. {user: [human], assistant: [gpt]}; null maps "
-        "ShareGPT's human/gpt and the OpenAI names (user, assistant, system, tool).",
+        "Role names in the data mapped to template roles, e.g. {user: [customer], assistant: [agent]}. They extend "
+        "the defaults, which always map ShareGPT's human/gpt and the OpenAI names (user, assistant, system, tool).",
         "prepared",
     )
     field_instruction: str = knob("instruction", "`alpaca`: column with the instruction (user turn).", "prepared")

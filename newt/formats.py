@@ -84,8 +84,18 @@ def _guess_type(columns: list[str]) -> str | None:
 
 
 def role_lookup(spec: DatasetSpec) -> dict[str, str]:
-    roles = spec.roles if spec.roles is not None else DEFAULT_ROLES
-    return {name: role for role, names in roles.items() for name in names}
+    """Role name in the data → template role: the defaults, extended (and, for a name given again, overridden) by
+    the dataset's `roles`. Mapping `customer` to user must not unmap `assistant`."""
+    lookup = {name: role for role, names in DEFAULT_ROLES.items() for name in names}
+    lookup.update({name: role for role, names in (spec.roles or {}).items() for name in names})
+    return lookup
+
+
+def suggested_role(conv: list[dict[str, Any]]) -> str:
+    """The template role an unknown name most likely stands for, from where it occurs: the opening turn (after
+    any system prompt) and a turn after the assistant's are the user's; a turn after the user's answers it."""
+    previous = next((m["role"] for m in reversed(conv) if m["role"] != "system"), None)
+    return "assistant" if previous == "user" else "user"
 
 
 def to_conversation(row: dict[str, Any], spec: DatasetSpec, key_path: str, index: int,
@@ -127,7 +137,8 @@ def to_conversation(row: dict[str, Any], spec: DatasetSpec, key_path: str, index
         if name not in roles:
             raise FormatError(
                 f"{where}, message {m}: role {name!r} is not mapped to a template role (known: "
-                f"{', '.join(sorted(roles))}); add it to {key_path}.roles, e.g. {{assistant: [{name}]}}"
+                f"{', '.join(sorted(roles))}); add it to {key_path}.roles, e.g. {{{suggested_role(conv)}: [{name}]}} "
+                f"(the default names stay mapped)"
             )
         conv.append({"role": roles[name], "content": message[content_key]})
     return conv

@@ -198,7 +198,8 @@ def run_stage(
                 upstream = {u: store.local_path(keys[u].stage, keys[u].key) for u in upstream_of(recipe, node)}
                 run = StageRun(recipe, stage, info.key, store.workdir(stage, info.key), upstream, launcher, log,
                                extra={"node": node})
-                metadata = builders()[stage](run)
+                with store.reading([(keys[u].stage, keys[u].key) for u in upstream_of(recipe, node)]):  # newt gc
+                    metadata = builders()[stage](run)
                 # The recipe's name goes into the manifest's metadata, never the key (a key must not depend on
                 # a file name): `newt plan` finds a recipe's previous artifact by it to say what changed.
                 meta = {**metadata, "recipe": recipe.name}

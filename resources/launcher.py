@@ -29,10 +29,25 @@ class TrainingLauncher(dg.ConfigurableResource):
 
 
 class LocalLauncher(TrainingLauncher):
-    """`accelerate launch` as a subprocess of the Dagster run, through `PipesSubprocessClient`."""
+    """`accelerate launch` as a subprocess of the Dagster run, in a Dagster Pipes session.
+
+    Not `PipesSubprocessClient`: its child shares the run's process group and outlives a killed run. Here the
+    child gets its own group and dies with the run (newt/train/lifetime.py); when the run is interrupted (Ctrl-C,
+    SIGTERM, a cancel from the UI) the whole group is stopped before the interrupt goes on.
+    """
 
     def launch(self, context: dg.AssetExecutionContext, recipe: Recipe, cmd: list[str], env: dict[str, str]) -> None:
-        dg.PipesSubprocessClient().run(command=cmd, context=context, env=env)
+        from newt.train import lifetime
+
+        with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
+                                   message_reader=dg.PipesTempFileMessageReader()) as session:
+            proc = lifetime.start(cmd, {**env, **session.get_bootstrap_env_vars()})
+            try:
+                proc.wait()
+            finally:  # a no-op after a normal exit; on an interrupt it stops accelerate and every rank
+                lifetime.stop(proc)
+        if proc.returncode != 0:
+            raise lifetime.ChildFailed(proc.returncode, cmd)
 
 
 # Variables of the parent's environment that the pod needs (the rest of the parent's environment stays here).

@@ -376,3 +376,138 @@ def test_folder_without_marker_does_not_exist_and_is_rebuilt(env: Env) -> None:
     assert outcome.cache == "miss"
     assert env.store.lookup("dataset", key, verify_hashes=True).hit
     assert not (folder / "stale-file-from-a-crash").exists(), "the uncommitted leftover was replaced, not merged"
+
+
+# --- the same mistakes through the command line: every verb shows newt's message, never a traceback -----------
+#
+# A row is `Verb(id, argv, where)`: `argv(env)` writes the bad input and returns the command line after `newt`;
+# the verb must exit non-zero, print an `error:` (or `✗ <stage> failed:`) line matching `where` (the file, row
+# or key) and no traceback; `--debug` then shows the traceback (checked once, at the end).
+
+
+@dataclass
+class Verb:
+    id: str
+    argv: Callable[[Env], list[str]]
+    where: str
+
+
+MALFORMED = "".join(json.dumps(chat(("user", "a"), ("assistant", "b"))) + "\n" for _ in range(20)) + "{oops\n"
+
+
+def malformed(env: Env) -> str:
+    """A JSONL file whose line 21 is broken: newt says `line 21` (pyarrow alone says `row 20`, no file)."""
+    return str(env.write("malformed.jsonl", MALFORMED))
+
+
+def data_recipe(env: Env, rows: list[Any], **overrides: Any) -> str:
+    return str(env.recipe(dataset={"path": str(env.jsonl(f"d_{uuid.uuid4().hex[:6]}.jsonl", rows))}, **overrides))
+
+
+def s3_refused(env: Env) -> str:
+    store, url = s3_object(env, "s3_iam_server")
+    env.monkeypatch.setenv("NEWT_BAD_SECRET", "wrong-secret-" + uuid.uuid4().hex)
+    return str(env.recipe(dataset={"path": url, "storage_options": {**store.storage_options,
+                                                                     "secret": "${env:NEWT_BAD_SECRET}"}}))
+
+
+def offline_hub_model(env: Env) -> str:
+    import huggingface_hub.constants
+
+    env.monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return str(env.recipe(base_model="newt-test-org/no-such-model"))
+
+
+def ui_folder_with_bad_recipe(env: Env) -> list[str]:
+    folder = env.tmp / "ui-recipes"
+    folder.mkdir()
+    (folder / "good.yaml").write_text(env.recipe().read_text())
+    (folder / "typo.yaml").write_text(env.recipe(learning_rat=0.1).read_text())
+    return ["ui", "--recipes", str(folder), "--port", "0"]
+
+
+VERBS = [
+    # validate: the schema, then everything short of training (newt/validate.py)
+    Verb("validate-yaml-syntax", lambda e: ["validate", str(e.recipe("base_model: x\ndatasets: [{path: a\n"))],
+         FILE + r".*line \d+, column \d+"),
+    Verb("validate-unknown-key", lambda e: ["validate", str(e.recipe(learning_rat=0.1))],
+         FILE + r".*learning_rat: unknown key.*did you mean 'learning_rate'"),
+    Verb("validate-recipe-missing", lambda e: ["validate", str(e.tmp / "nope.yaml")], r"nope\.yaml"),
+    Verb("validate-data-file-missing",
+         lambda e: ["validate", str(e.recipe(dataset={"path": str(e.tmp / "no" / "data.jsonl")}))],
+         r"datasets\[0\]\.path: no file or folder at .*no/data\.jsonl"),
+    Verb("validate-row-not-json", lambda e: ["validate", str(e.recipe(dataset={"path": str(e.write(
+        "first-bad.jsonl", "{\"messages\": [\n"))}))], r"datasets\[0\]\.path: .*first-bad\.jsonl line 1 is not valid JSON"),
+    Verb("validate-roles-to-train-typo", lambda e: ["validate", str(e.recipe(roles_to_train=["asistant"]))],
+         r"roles_to_train names 'asistant' \(did you mean 'assistant'\?\)"),
+    Verb("validate-template-name", lambda e: ["validate", str(e.recipe(chat_template="chatml_v9"))],
+         r"chat_template: unknown template 'chatml_v9'"),
+    Verb("validate-template-file-missing",
+         lambda e: ["validate", str(e.recipe(chat_template="jinja", chat_template_jinja=str(e.tmp / "t.jinja")))],
+         r"chat_template_jinja: file '.*t\.jinja' not found"),
+    Verb("validate-unmapped-role", lambda e: ["validate", data_recipe(e, [chat(("customer", "a"), ("agent", "b"))])],
+         r"datasets\[0\] \(.*\) row 0, message 0: role 'customer' .* e\.g\. \{user: \[customer\]\}"),
+    Verb("validate-messages-column-missing",
+         lambda e: ["validate", data_recipe(e, [{"conversations": [{"role": "user", "content": "a"}]}])],
+         r"datasets\[0\] \(.*\): type 'chat_template' reads column\(s\) \['messages'\]"),
+    # plan: keys need content versions and model files
+    Verb("plan-data-file-missing",
+         lambda e: ["plan", str(e.recipe(dataset={"path": str(e.tmp / "gone.jsonl")}))],
+         r"datasets\[0\]\.path: no file or folder at .*gone\.jsonl"),
+    Verb("plan-base-model-folder-missing", lambda e: ["plan", str(e.recipe(base_model=str(e.tmp / "models/x")))],
+         r"base_model '.*models/x'"),
+    Verb("plan-hub-model-offline", lambda e: ["plan", offline_hub_model(e)], r"base_model 'newt-test-org/no-such-model'"),
+    Verb("plan-template-name", lambda e: ["plan", str(e.recipe(chat_template="qwen2_6"))],
+         r"chat_template: unknown template 'qwen2_6'"),
+    # preview: builds dataset and prepared
+    Verb("preview-malformed-line-21", lambda e: ["preview", str(e.recipe(dataset={"path": malformed(e)}))],
+         r"malformed\.jsonl line 21 is not valid JSON"),
+    Verb("preview-no-trainable-turn",
+         lambda e: ["preview", data_recipe(e, [chat(("user", "hi"))] * 4)], r"first datasets\[0\] row 0"),
+    Verb("preview-held-out-too-big", lambda e: ["preview", str(e.recipe(val_set_size=1000))], r"val_set_size"),
+    # run: the asset's failure, as newt's outermost message (not pyarrow's or botocore's)
+    Verb("run-malformed-line-21", lambda e: ["run", str(e.recipe(dataset={"path": malformed(e)})),
+                                             "--stages", "dataset"],
+         r"✗ dataset failed: datasets\[0\]\.path: .*malformed\.jsonl line 21 is not valid JSON.*fix:"),
+    Verb("run-s3-refused", lambda e: ["run", s3_refused(e), "--stages", "dataset"],
+         r"✗ dataset failed: datasets\[0\]\.path: access to s3://.* was refused"),
+    Verb("run-unknown-template", lambda e: ["run", str(e.recipe(chat_template="qwen2_6")), "--stages",
+                                            "dataset,prepared"], r"chat_template: unknown template 'qwen2_6'"),
+    Verb("run-unknown-stage", lambda e: ["run", str(e.recipe()), "--stages", "dataset,trainde"],
+         r"unknown stage\(s\) trainde"),
+    Verb("run-recipe-typo", lambda e: ["run", str(e.recipe(micro_batch_size="many"))],
+         FILE + r".*micro_batch_size: got 'many'"),
+    # ui: the recipes folder is loaded before the UI starts
+    Verb("ui-bad-recipe-in-folder", ui_folder_with_bad_recipe, r"typo\.yaml.*learning_rat: unknown key"),
+    Verb("gc-no-recipes", lambda e: ["gc", str(e.tmp / "empty-folder")], r"empty-folder"),
+]
+
+
+def test_there_are_at_least_20_bad_inputs_through_the_verbs() -> None:
+    assert len(VERBS) >= 20 and len({v.id for v in VERBS}) == len(VERBS)
+    assert {v.id.split("-")[0] for v in VERBS} >= {"validate", "plan", "preview", "run", "ui"}
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    from newt.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=[v.id for v in VERBS])
+def test_each_verb_shows_newts_message_and_no_traceback(verb: Verb, env: Env, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("NEWT_STORE", str(env.tmp / "cli-store"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # an ephemeral instance for `newt run`
+    (env.tmp / "empty-folder").mkdir(exist_ok=True)
+    rc, text = _cli(verb.argv(env), capsys)
+    assert rc != 0, text
+    assert re.search(verb.where, text, re.DOTALL), f"the message does not say where ({verb.where!r}):\n{text}"
+    assert "Traceback" not in text, text
+
+
+def test_debug_shows_the_traceback(env: Env, capsys) -> None:
+    recipe = str(env.recipe(dataset={"path": str(env.tmp / "gone.jsonl")}))
+    rc, text = _cli(["plan", recipe, "--debug"], capsys)
+    assert rc == 1 and "Traceback (most recent call last)" in text and "SourceError" in text

@@ -105,9 +105,12 @@ def test_diff_inputs_names_changed_key_paths() -> None:
 
 
 def test_validate_is_a_console_script_and_reports_every_problem(tmp_path: Path) -> None:
+    from newt.synthetic import write_reversal_jsonl
+
+    write_reversal_jsonl(tmp_path / "data" / "reversal.jsonl", n=4)  # validate reads the recipe's data file
     ok = subprocess.run(
-        [str(NEWT), "validate", "recipes/examples/axolotl_style.yaml"],
-        cwd=ROOT,
+        [str(NEWT), "validate", str(ROOT / "recipes/examples/axolotl_style.yaml")],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,

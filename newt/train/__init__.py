@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,10 +101,17 @@ def accelerate_command(recipe: Recipe, script_args: list[str], *, cuda: bool | N
 
 
 def subprocess_launcher(cmd: list[str], env: dict[str, str]) -> None:
-    """Run the child with its output streamed to ours; a failure names the command and the exit code."""
-    proc = subprocess.run(cmd, env=env, check=False)
+    """Run the child with its output streamed to ours; a failure names the command and the exit code. The child
+    dies with this process, and an interrupt here stops it (newt/train/lifetime.py)."""
+    from newt.train import lifetime
+
+    proc = lifetime.start(cmd, env)
+    try:
+        proc.wait()
+    finally:
+        lifetime.stop(proc)
     if proc.returncode != 0:
-        raise RuntimeError(f"training child failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        raise lifetime.ChildFailed(proc.returncode, cmd)
 
 
 def child_env() -> dict[str, str]:
@@ -114,7 +120,9 @@ def child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
+    from newt.train.lifetime import watch_env
+
+    return watch_env(env)  # the child dies with the run's processes (newt/train/lifetime.py)
 
 
 def check_prepared(recipe: Recipe, prepared: Path) -> None:

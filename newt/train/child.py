@@ -36,6 +36,9 @@ class ChildArgs:
 
 
 def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
+    from newt.train.lifetime import die_with_parent
+
+    die_with_parent()  # first: a child whose run is gone must not keep training into the work folder
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="resolved recipe (.json or .yaml)")
     parser.add_argument("--data", required=True, help="prepared artifact folder")
