@@ -4,12 +4,14 @@ function (`newt.pipeline.run_stage`). Training runs as a child process through D
 
 
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from newt.config import Recipe
 from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, nodes, run_stage, stage_of, upstream_of
+from assets.presentation import asset_metadata
 from resources.launcher import TrainingLauncher
 from assets.sources import source_asset_keys
 from resources.store import NewtStore
@@ -43,9 +45,9 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
     sdef = STAGE_DEFS[stage_of(stage)]
     key = stage_asset_key(recipe.name, stage)
     checks = []
-    if stage == "evaluation":
-        checks = [dg.AssetCheckSpec(name, asset=key, blocking=True, description=text)
-                  for name, text in GATE_CHECKS.values()]
+    if stage == "evaluation":  # only the gate kinds the recipe sets: an unconfigured gate is no check, not a pass
+        checks = [dg.AssetCheckSpec(GATE_CHECKS[kind][0], asset=key, blocking=True, description=GATE_CHECKS[kind][1])
+                  for kind in configured_gates(recipe)]
     description = sdef.description
     if stage_of(stage) == "quantized":
         description = f"{description} Method: {recipe.quantize.variants()[stage]}."
@@ -55,9 +57,10 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
         deps=[stage_asset_key(recipe.name, u) for u in upstream_of(recipe, stage)]
         + (source_asset_keys(recipe) if stage == "dataset" else []),  # external data: assets/sources.py
         group_name=recipe.name,
-        description=f"{description} (recipe {recipe.source or recipe.name})",
+        description=f"{description} {recipe_link(recipe)}",
+        metadata=recipe_reference(recipe),
         code_version=asset_code_version(recipe, stage),
-        kinds={"newt"},
+        kinds=stage_kinds(stage_of(stage)),
         pool="gpu" if stage_of(stage) in GPU_STAGES else None,
         check_specs=checks or None,
         tags={"newt/stage": stage_of(stage)},
@@ -82,26 +85,36 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
-    from newt.evaluate import flat_metrics, results_table
+# --- issue 17: how assets read in the UI (kinds with icons, a link to the recipe, only configured gates) --------
 
-    meta: dict[str, Any] = {
-        "cache": outcome.cache,
-        "key": outcome.key,
-        "artifact": dg.MetadataValue.path(outcome.uri),
-        "key_inputs": dg.MetadataValue.json(outcome.inputs),
-    }
-    for name, value in outcome.metadata.items():
-        if name == "results":
-            meta["results"] = dg.MetadataValue.md(results_table(value))
-            meta.update(flat_metrics(value))
-        elif name.endswith("_preview") or name.endswith("_markdown"):
-            meta[name] = dg.MetadataValue.md(str(value))
-        elif isinstance(value, (dict, list)):
-            meta[name] = dg.MetadataValue.json(value)
-        elif value is not None:
-            meta[name] = value
-    return meta
+
+def stage_kinds(stage: str) -> set[str]:
+    """Dagster's known kinds draw an icon: `huggingface` for stages on HF datasets/tokenizers, `pytorch` for
+    stages that run a model."""
+    return {"newt", "huggingface"} | ({"pytorch"} if stage in GPU_STAGES else set())
+
+
+def recipe_link(recipe: Recipe) -> str:
+    """A markdown link to the recipe file (asset descriptions render as markdown)."""
+    if not recipe.source:
+        return f"(recipe {recipe.name})"
+    path = Path(recipe.source).resolve()
+    return f"(recipe [{path.name}]({path.as_uri()}))"
+
+
+def recipe_reference(recipe: Recipe) -> dict[str, Any]:
+    """The recipe file as the asset's code reference: the UI's "source" link next to the definition."""
+    if not recipe.source:
+        return {}
+    ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
+    return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
+
+
+def configured_gates(recipe: Recipe) -> list[str]:
+    """The gate kinds (GATE_CHECKS keys) that the recipe sets."""
+    cfg = recipe.eval
+    return [kind for kind, on in (("threshold", cfg.thresholds), ("regression", cfg.max_drop),
+                                  ("retention", cfg.min_retention)) if on]
 
 
 def _previous_metrics(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 50) -> dict | None:
@@ -114,6 +127,8 @@ def _previous_metrics(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int
         if materialization is None:
             continue
         meta = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+        if meta.get("cache") == "hit":  # re-reports an earlier artifact, its numbers as text (assets/presentation.py)
+            continue
         if meta.get("gates_passed", True) is True:
             return unflatten({k: v for k, v in meta.items() if "/" in k})
     return None
@@ -125,13 +140,15 @@ def _gate_results(recipe: Recipe, outcome: StageOutcome, previous: dict | None) 
     results = outcome.metadata.get("results", {})
     out = []
     for kind, verdicts in gates(results, recipe, previous).items():
+        if kind not in configured_gates(recipe):
+            continue
         name = GATE_CHECKS[kind][0]
         if verdicts:
             text = "\n".join(f"- {'✅' if v['passed'] else '❌'} {v['text']}" for v in verdicts)
         elif kind == "regression" and recipe.eval.max_drop and recipe.eval.baseline == "previous":
             text = "no earlier materialization with passing gates to compare with"
         else:
-            text = "no gates of this kind set"
+            text = "no verdicts: none of the gate's metrics were evaluated"
         meta: dict[str, Any] = {"verdicts": dg.MetadataValue.md(text)}
         if verdicts:
             meta["details"] = dg.MetadataValue.json(verdicts)

@@ -18,7 +18,9 @@ Metrics (all over the first `eval.max_samples` held-out rows):
 - `chosen_logp`, `rejected_logp`: mean summed log-probability of the chosen and rejected completions.
 
 KTO rows are unpaired (`prompt`, `completion`, `label`): desirable and undesirable completions of the same prompt
-form the pairs; rows of prompts without both kinds count towards the log-probs only.
+form the pairs. When the held-out rows hold no such pair, `preference_accuracy` is the share of rows whose KTO
+reward β·(log-prob − base log-prob) has the label's sign (positive for desirable), and `reward_margin` the mean
+reward of desirable rows minus that of undesirable ones (as TRL logs it); both are 0 for the base model.
 """
 
 from __future__ import annotations
@@ -112,9 +114,16 @@ def scores(model: Any, tokenizer: Any, rows: list[dict], recipe: Any, context: A
             delta -= score(reference, c) - score(reference, r)
         margins.append(beta * delta)
     n = max(len(index_pairs), 1)
+    accuracy, margin = wins / n, sum(margins) / n
+    if not index_pairs and chosen and rejected and reference is not None:
+        # unpaired KTO rows: KTO's own reward, β·(log-prob − reference log-prob), should be positive for desirable
+        # and negative for undesirable completions; the margin is the difference of the two means (TRL's)
+        reward = [beta * (score(logps, i) - score(reference, i)) for i in range(len(items))]
+        accuracy = (sum(reward[i] > 0 for i in chosen) + sum(reward[i] < 0 for i in rejected)) / len(items)
+        margin = sum(reward[i] for i in chosen) / len(chosen) - sum(reward[i] for i in rejected) / len(rejected)
     return {
-        "preference_accuracy": round(wins / n, 4),
-        "reward_margin": round(sum(margins) / n, 5),
+        "preference_accuracy": round(accuracy, 4),
+        "reward_margin": round(margin, 5),
         "chosen_logp": round(sum(logps[i][0] for i in chosen) / max(len(chosen), 1), 5),
         "rejected_logp": round(sum(logps[i][0] for i in rejected) / max(len(rejected), 1), 5),
         "pairs": len(index_pairs),
