@@ -8,7 +8,9 @@ from typing import Any
 from newt.masking.boundaries import text_tokenizer
 from newt.masking.scanner import IGNORE_INDEX
 
-LEGEND = "**bold** = supervised (contributes to loss) · `code` = masked (label -100) · ⏎ = newline"
+# Trained text is highlighted (<mark>), masked text struck through (<del>): they differ by colour and line, not
+# only by weight. Both tags pass Dagster's markdown sanitizer; the legend is short enough for the metadata column.
+LEGEND = "<mark>trained</mark> · <del>masked</del> · ⏎ newline"
 _MD_SPECIAL = str.maketrans(
     {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 )
@@ -26,26 +28,18 @@ def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, lis
 
 
 def _render(text: str, trained: bool) -> str:
-    """One segment as markdown. Trained text is **bold** and masked text `code`; a newline is ⏎ plus a hard line
-    break, styled like the newline token (bold when trained, code when masked). CommonMark only opens `**` before a non-space and closes it after one, and older renderers (Dagster's
-    UI) do not close it between punctuation and ⏎, so a trained line's surrounding spaces stay outside the
-    emphasis and its ⏎ goes inside."""
+    """One segment as markdown with inline HTML: each line of it inside `<mark>` (trained) or `<del>` (masked), a
+    newline as ⏎ inside the tag plus a hard line break. Markdown still parses the text between the tags, so its
+    special characters are escaped; leading spaces are non-breaking, or the line break would swallow them."""
+    tag = "mark" if trained else "del"
     lines = text.split("\n")
     parts = []
     for i, line in enumerate(lines):
         nl = "⏎" if i < len(lines) - 1 else ""
-        body = line.strip()
-        if trained and (body or nl):
-            lead = line[: len(line) - len(line.lstrip())]
-            trail = line[len(line.rstrip()) :] if body else ""
-            if nl:
-                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}{trail}{nl}**")
-            else:
-                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}**{trail}")
-        elif body or nl:  # a masked newline is code too, so ⏎ never sits right after a closing `**`
-            parts.append(f"`{line.replace('`', 'ˋ')}{nl}`")
-        else:
-            parts.append("·" * len(line))  # keep visible spacing of a blank masked line
+        if line or nl:
+            body = line.lstrip(" ")
+            lead = "&nbsp;" * (len(line) - len(body))
+            parts.append(f"<{tag}>{lead}{body.translate(_MD_SPECIAL)}{nl}</{tag}>")
         if nl:
             parts.append("  \n")  # two spaces: a markdown hard line break
     return "".join(parts)
@@ -80,9 +74,11 @@ def audit_markdown(report: dict) -> str:
         lines.append(f"| {role} | {n:,} | {n / total:.1%} |")
     lines.append("")
     lines.append(
-        f"Audit: {len(report['failures'])} of {report['rows_checked']} checked rows fail "
-        f"({report['failure_rate']:.1%}); {report['zero_supervision_rows']} of {report['rows_total']} rows "
-        f"have no supervised token; {report['dropped_message_count']} messages dropped by the template."
+        f"Audit of a sample ({report.get('sample') or str(report['sampled_rows']) + ' rows'}): "
+        f"{len(report['failures'])} of {report['sampled_rows']} sampled rows fail ({report['failure_rate']:.1%}); "
+        f"{report['zero_supervision_rows']} of them have no supervised token; "
+        f"{report['dropped_message_count']} messages dropped by the template. The asset has "
+        f"{report['rows_total']:,} rows."
     )
     for f in report["failures"][:3]:
         lines += ["", f"Row {f['row']}:", "```", f["diff"], "```"]
