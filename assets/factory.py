@@ -11,7 +11,7 @@ import dagster as dg
 
 from newt.config import Recipe
 from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, nodes, run_stage, stage_of, upstream_of
-from assets.presentation import asset_metadata
+from assets.presentation import asset_metadata, recipe_link, recipe_reference
 from resources.launcher import TrainingLauncher
 from assets.sources import source_asset_keys
 from resources.store import NewtStore
@@ -85,29 +85,13 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-# --- issue 17: how assets read in the UI (kinds with icons, a link to the recipe, only configured gates) --------
+# --- issue 17: how assets read in the UI (kinds with icons, only configured gates; links: assets/presentation.py)
 
 
 def stage_kinds(stage: str) -> set[str]:
     """Dagster's known kinds draw an icon: `huggingface` for stages on HF datasets/tokenizers, `pytorch` for
     stages that run a model."""
     return {"newt", "huggingface"} | ({"pytorch"} if stage in GPU_STAGES else set())
-
-
-def recipe_link(recipe: Recipe) -> str:
-    """A markdown link to the recipe file (asset descriptions render as markdown)."""
-    if not recipe.source:
-        return f"(recipe {recipe.name})"
-    path = Path(recipe.source).resolve()
-    return f"(recipe [{path.name}]({path.as_uri()}))"
-
-
-def recipe_reference(recipe: Recipe) -> dict[str, Any]:
-    """The recipe file as the asset's code reference: the UI's "source" link next to the definition."""
-    if not recipe.source:
-        return {}
-    ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
-    return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
 
 
 def configured_gates(recipe: Recipe) -> list[str]:

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from newt.config import Recipe
 from newt.pipeline import StageOutcome
 
 TABLE_TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
@@ -47,6 +49,22 @@ def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         meta[name] = dg.MetadataValue.text(str(value)) if is_number and outcome.cache == "hit" else value
     return meta
+
+
+def recipe_link(recipe: Recipe) -> str:
+    """A markdown link to the recipe file (asset descriptions render as markdown)."""
+    if not recipe.source:
+        return f"(recipe {recipe.name})"
+    path = Path(recipe.source).resolve()
+    return f"(recipe [{path.name}]({path.as_uri()}))"
+
+
+def recipe_reference(recipe: Recipe) -> dict[str, Any]:
+    """The recipe file as the asset's code reference: the UI's "source" link next to the definition."""
+    if not recipe.source:
+        return {}
+    ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
+    return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
 
 
 def history_metadata(history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.presentation import recipe_link, recipe_reference
 from newt.config import Recipe
 
 # The tag an observation carries its data version in (what an `ObserveResult(data_version=...)` becomes, and what
@@ -36,7 +37,8 @@ def _source_asset(recipe: Recipe, index: int) -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=source_asset_key(recipe.name, index),
         group_name=recipe.name,
-        description=f"{key_path} of recipe {recipe.source or recipe.name}: {spec.path} (content version)",
+        description=f"{key_path}: {spec.path} (content version) {recipe_link(recipe)}",
+        metadata=recipe_reference(recipe),
         kinds={"newt", "huggingface"},
     )
     def _observe() -> dg.ObserveResult:
