@@ -16,8 +16,10 @@ builds the same asset group, job, schedule and sensors as newt's own code locati
         datasets: [{path: /data/pairs.jsonl}]
         rl: dpo
 
-Each component contributes the `store` and `launcher` resources too; components that leave `store` unset share
-NEWT_STORE, so several recipes in one project merge into one set of definitions.
+Each component contributes the `store` and `launcher` resources too. Dagster merges the components' definitions
+only when every resource key names the same object, so components with the same `store` get the same resource
+object (`_shared`); two components naming different stores cannot live in one code location (Dagster then
+refuses to merge them: "different resources with same key 'store'").
 """
 
 from __future__ import annotations
@@ -60,11 +62,21 @@ class NewtRecipe(dg.Component, dg.Resolvable, dg.Model):
         from resources import NewtStore, launcher_from_env
 
         recipe = self.load_recipe(context.path)
-        store = NewtStore(root=self.store) if self.store else NewtStore.from_env()
+        store = _shared(("store", self.store), lambda: NewtStore(root=self.store) if self.store else NewtStore.from_env())
         return dg.Definitions(
             assets=recipe_assets(recipe),
             jobs=[recipe_job(recipe, context.path)],
             schedules=recipe_schedules(recipe),
             sensors=recipe_sensors(recipe),
-            resources={"store": store, "launcher": launcher_from_env()},
+            resources={"store": store, "launcher": _shared(("launcher", None), launcher_from_env)},
         )
+
+
+# (kind, setting) → the one resource object the components of this process share
+_RESOURCES: dict[tuple[str, str | None], Any] = {}
+
+
+def _shared(key: tuple[str, str | None], make: Any) -> Any:
+    if key not in _RESOURCES:
+        _RESOURCES[key] = make()
+    return _RESOURCES[key]

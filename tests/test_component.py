@@ -15,6 +15,7 @@ from conftest import TINY_RECIPE
 
 def write_project(root: Path, data: Path) -> Path:
     """dg.toml + src/otherproj/defs/{sft_file,dpo_inline}/defs.yaml, as `dg scaffold project` lays them out."""
+    root.mkdir(parents=True)
     (root / "dg.toml").write_text('directory_type = "project"\n\n[project]\nroot_module = "otherproj"\n')
     defs = root / "src" / "otherproj" / "defs"
     for folder in ("sft_file", "dpo_inline"):
