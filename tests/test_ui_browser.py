@@ -142,6 +142,29 @@ class DevTools:
         )
         time.sleep(0.5)
 
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def rect(self, selector: str) -> dict | None:
+        """The first element matching `selector`, scrolled into view: its box on the page (CSS pixels)."""
+        script = (
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)}); if (!el) return null;"
+            " el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
+            " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+        )
+        found = self.evaluate(script)
+        time.sleep(0.3)
+        return self.evaluate(script) if found else None
+
+    def region(self, name: str, rect: dict) -> Path:
+        """A screenshot of one box of the page."""
+        clip = {k: rect[k] for k in ("x", "y", "width", "height")} | {"scale": 1}
+        data = self.call("Page.captureScreenshot", format="png", clip=clip)["data"]
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        path.write_bytes(base64.b64decode(data))
+        return path
+
     def screenshot(self, name: str) -> Path:
         SHOTS.mkdir(parents=True, exist_ok=True)
         data = self.call("Page.captureScreenshot", format="png")["data"]
@@ -212,6 +235,13 @@ def ui() -> Iterator[tuple[int, object]]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def mean_colour(path: Path) -> tuple[float, float, float]:
+    from PIL import Image  # matplotlib's dependency
+
+    pixels = list(Image.open(path).convert("RGB").getdata())
+    return tuple(sum(p[i] for p in pixels) / len(pixels) for i in range(3))  # type: ignore[return-value]
+
+
 @pytest.mark.slow
 def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) -> None:
     from definitions import build_definitions
@@ -220,7 +250,7 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     base = f"http://127.0.0.1:{port}"
     run = tiny_run()
     checks = sorted(k.name for k in build_definitions(run.recipes).resolve_asset_graph().asset_check_keys)
-    assert checks, "the evaluation asset has gate checks"
+    assert checks == ["eval_thresholds"], "only the gate the recipe sets is a check"
 
     # the recipe's asset group (file tiny.yml → group tiny): its six stages in the lineage graph
     tools.goto(f"{base}/locations/newt/asset-groups/tiny")
@@ -228,24 +258,51 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     time.sleep(2)  # the nodes' materialization status arrives after their names
     tools.screenshot("1-group-tiny")
 
-    # the prepared asset: its latest materialization's mask preview (markdown, rendered) and masking report
+    # the prepared asset: the mask preview, trained text highlighted and masked text struck through
     tools.goto(f"{base}/assets/tiny/prepared")
-    text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "supervised_tokens", "rows_train")
-    assert "assistant" in text
+    text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "sampled_rows", "rows_train")
+    assert "assistant" in text and "rows_rows_in" not in text
     tools.scroll_to_row("mask_preview")
     tools.screenshot("2-prepared-mask-preview")
+    trained, masked = tools.rect("td mark:not(:first-child)"), tools.rect("td del:not(:nth-child(2))")
+    assert trained and masked and trained["width"] > 0 and masked["width"] > 0
+    highlight = mean_colour(tools.region("2a-trained-text", trained))
+    struck = mean_colour(tools.region("2b-masked-text", masked))
+    # the two regions differ by colour, not only by weight: the highlight's background is far from the page's
+    assert sum(abs(a - b) for a, b in zip(highlight, struck)) > 60, (highlight, struck)
+    legend_fits = tools.evaluate(
+        "(() => { const m = document.querySelector('td mark'); const cell = m && m.closest('td');"
+        " return !!cell && cell.scrollWidth <= cell.clientWidth + 1; })()")
+    assert legend_fits, "the legend is cut off"
     tools.scroll_to_row("audit")
     tools.screenshot("3-prepared-masking-report")
 
-    # the evaluation asset: metrics per model variant, and its checks with their results
+    # the trained asset: the loss picture renders as an image
+    tools.goto(f"{base}/assets/tiny/trained")
+    tools.wait_for("loss_curve", "loss_history")
+    tools.scroll_to_row("loss_curve")
+    img = "img[alt='training loss over steps']"
+    deadline = time.monotonic() + 20
+    while not tools.evaluate(f"(() => {{ const i = document.querySelector({json.dumps(img)});"
+                             " return !!i && i.complete && i.naturalWidth > 100; })()"):
+        assert time.monotonic() < deadline, "the loss picture did not render"
+        time.sleep(0.5)
+    picture = tools.rect(img)
+    assert picture and picture["width"] > 200 and picture["height"] > 100
+    tools.region("4a-trained-loss-curve", picture)
+    tools.screenshot("4-trained-loss-curve")
+
+    # the evaluation asset: metrics per model variant as a typed table and as markdown
     tools.goto(f"{base}/assets/tiny/evaluation")
-    tools.wait_for("results", "merged/exact_match", "quantized/loss", "base/perplexity")
-    tools.scroll_to_row("results")
-    tools.screenshot("4-evaluation-metrics")
+    tools.wait_for("results_table", "merged/exact_match", "quantized/loss", "base/perplexity")
+    tools.scroll_to_row("results_table")
+    tools.screenshot("5-evaluation-table")
+
+    # its checks: the configured gate with its verdict
     tools.goto(f"{base}/assets/tiny/evaluation?view=checks")
     text = tools.wait_for(*checks, "Passed")
-    assert f"Checks ({len(checks)})" in text
-    tools.screenshot("5-evaluation-checks")
+    assert f"Checks ({len(checks)})" in text and "eval_regression" not in text
+    tools.screenshot("6-evaluation-checks")
 
 
 def test_a_missing_chromium_fails_under_ci_and_skips_loudly_elsewhere(monkeypatch) -> None:
