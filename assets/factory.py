@@ -4,7 +4,6 @@ function (`newt.pipeline.run_stage`). Training runs as a child process through D
 
 
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def recipe_reference(recipe: Recipe) -> dict[str, Any]:
     """The recipe file as the asset's code reference: the UI's "source" link next to the definition."""
     if not recipe.source:
         return {}
-    ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
-    return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
+    with warnings.catch_warnings():  # code references are a beta API: one warning per asset otherwise
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
+        return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
 
 
 def history_metadata(history: list[dict[str, Any]]) -> dict[str, Any]:

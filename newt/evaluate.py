@@ -1,11 +1,13 @@
 """The `evaluation` stage: score each model variant, and the gates that judge the scores.
 
 Variants (`eval.models`): `base`, `merged`, `quantized` (the first quantize output) and `quantized_<method>` (each
-further output). Metrics per variant, all from the first `eval.max_samples` held-out rows of the prepared data:
+further output). Which metrics depends on the training method: `evaluators()` maps it to one scoring function
+(preference methods: newt/eval/preference.py, GRPO: newt/eval/grpo.py). SFT metrics per variant, all from the
+first `eval.max_samples` held-out rows of the prepared data:
 
 - `loss` (mean cross-entropy on the supervised tokens, teacher forced) and `perplexity` (its exponential);
-- from one greedy generation of the conversation's last assistant turn, compared with that turn after stripping
-  whitespace: `exact_match` (equal), `contains` (the reference appears in the output) and, when `eval.answer_regex`
+- unless the data is a text format (`eval.generate`), from one greedy generation of the conversation's last
+  assistant turn (`generate_answers`), compared with that turn after stripping whitespace: `exact_match` (equal), `contains` (the reference appears in the output) and, when `eval.answer_regex`
   is set, `regex_match` (the regex's first match in the output, group 1 if it has groups, equals the reference);
 - `<task>/<metric>` for each lm-evaluation-harness task in `eval.lm_eval_tasks` (run on the loaded model object,
   so quantized variants are scored exactly as they load).

@@ -145,10 +145,10 @@ class DevTools:
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def rect(self, selector: str) -> dict | None:
-        """The first element matching `selector`, scrolled into view: its box on the page (CSS pixels)."""
+    def rect(self, selector: str, index: int = 0) -> dict | None:
+        """The `index`-th element matching `selector`, scrolled into view: its box on the page (CSS pixels)."""
         script = (
-            f"(() => {{ const el = document.querySelector({json.dumps(selector)}); if (!el) return null;"
+            f"(() => {{ const el = document.querySelectorAll({json.dumps(selector)})[{index}]; if (!el) return null;"
             " el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
             " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
         )
@@ -235,11 +235,16 @@ def ui() -> Iterator[tuple[int, object]]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def mean_colour(path: Path) -> tuple[float, float, float]:
+def struck_through(path: Path) -> bool:
+    """Whether a screenshot of one line of text has a strike line: a pixel row in its middle half that is dark
+    across (almost) the whole width. Bold or plain letters leave gaps between glyphs on every row."""
     from PIL import Image  # matplotlib's dependency
 
-    pixels = list(Image.open(path).convert("RGB").getdata())
-    return tuple(sum(p[i] for p in pixels) / len(pixels) for i in range(3))  # type: ignore[return-value]
+    image = Image.open(path).convert("L")
+    width, height = image.size
+    pixels = image.load()
+    return any(sum(pixels[x, y] < 140 for x in range(width)) >= 0.9 * width
+               for y in range(height // 4, 3 * height // 4 + 1))
 
 
 @pytest.mark.slow
@@ -258,21 +263,21 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     time.sleep(2)  # the nodes' materialization status arrives after their names
     tools.screenshot("1-group-tiny")
 
-    # the prepared asset: the mask preview, trained text highlighted and masked text struck through
+    # the prepared asset: the mask preview, trained text bold and masked text struck through
     tools.goto(f"{base}/assets/tiny/prepared")
     text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "sampled_rows", "rows_train")
     assert "assistant" in text and "rows_rows_in" not in text
     tools.scroll_to_row("mask_preview")
     tools.screenshot("2-prepared-mask-preview")
-    trained, masked = tools.rect("td mark:not(:first-child)"), tools.rect("td del:not(:nth-child(2))")
-    assert trained and masked and trained["width"] > 0 and masked["width"] > 0
-    highlight = mean_colour(tools.region("2a-trained-text", trained))
-    struck = mean_colour(tools.region("2b-masked-text", masked))
-    # the two regions differ by colour, not only by weight: the highlight's background is far from the page's
-    assert sum(abs(a - b) for a, b in zip(highlight, struck)) > 60, (highlight, struck)
+    # [0] of each is the legend's; [1] the first row's (a GFM strikethrough renders as <del>)
+    trained, masked = tools.rect("td strong", 1), tools.rect("td del", 1)
+    assert trained and masked and trained["width"] > 20 and masked["width"] > 20, (trained, masked)
+    assert struck_through(tools.region("2b-masked-text", masked))
+    assert not struck_through(tools.region("2a-trained-text", trained))
     legend_fits = tools.evaluate(
-        "(() => { const m = document.querySelector('td mark'); const cell = m && m.closest('td');"
-        " return !!cell && cell.scrollWidth <= cell.clientWidth + 1; })()")
+        "(() => { const d = document.querySelector('td del'); const box = d && d.closest('td');"
+        " const r = d && d.getBoundingClientRect(); const b = box && box.getBoundingClientRect();"
+        " return !!b && r.right <= b.right && d.closest('p').scrollWidth <= d.closest('p').clientWidth + 1; })()")
     assert legend_fits, "the legend is cut off"
     tools.scroll_to_row("audit")
     tools.screenshot("3-prepared-masking-report")

@@ -8,9 +8,10 @@ from typing import Any
 from newt.masking.boundaries import text_tokenizer
 from newt.masking.scanner import IGNORE_INDEX
 
-# Trained text is highlighted (<mark>), masked text struck through (<del>): they differ by colour and line, not
-# only by weight. Both tags pass Dagster's markdown sanitizer; the legend is short enough for the metadata column.
-LEGEND = "<mark>trained</mark> · <del>masked</del> · ⏎ newline"
+# Trained text is bold, masked text struck through: Dagster's UI renders metadata markdown in a monospace font
+# with no style for code spans and drops raw HTML, so GFM strikethrough is what marks masked text beyond weight.
+# A short legend, so it fits the metadata column.
+LEGEND = "**trained** · ~~`masked`~~ · ⏎ newline"
 _MD_SPECIAL = str.maketrans(
     {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 )
@@ -28,18 +29,27 @@ def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, lis
 
 
 def _render(text: str, trained: bool) -> str:
-    """One segment as markdown with inline HTML: each line of it inside `<mark>` (trained) or `<del>` (masked), a
-    newline as ⏎ inside the tag plus a hard line break. Markdown still parses the text between the tags, so its
-    special characters are escaped; leading spaces are non-breaking, or the line break would swallow them."""
-    tag = "mark" if trained else "del"
+    """One segment as markdown. Trained text is **bold** and masked text ~~`struck-through code`~~; a newline is ⏎
+    plus a hard line break, styled like the newline token (bold when trained, struck code when masked). CommonMark only opens `**` before a non-space and closes it after one, and older renderers (Dagster's
+    UI) do not close it between punctuation and ⏎, so a trained line's surrounding spaces stay outside the
+    emphasis and its ⏎ goes inside."""
     lines = text.split("\n")
     parts = []
     for i, line in enumerate(lines):
         nl = "⏎" if i < len(lines) - 1 else ""
-        if line or nl:
-            body = line.lstrip(" ")
-            lead = "&nbsp;" * (len(line) - len(body))
-            parts.append(f"<{tag}>{lead}{body.translate(_MD_SPECIAL)}{nl}</{tag}>")
+        body = line.strip()
+        if trained and (body or nl):
+            lead = line[: len(line) - len(line.lstrip())]
+            trail = line[len(line.rstrip()) :] if body else ""
+            if nl:
+                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}{trail}{nl}**")
+            else:
+                parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}**{trail}")
+        elif body or nl:  # a masked newline is code too, so ⏎ never sits right after a closing `**`
+            # struck through around the code span: backticks on both sides keep `~~` flanking in every renderer
+            parts.append(f"~~`{line.replace('`', 'ˋ')}{nl}`~~")
+        else:
+            parts.append("·" * len(line))  # keep visible spacing of a blank masked line
         if nl:
             parts.append("  \n")  # two spaces: a markdown hard line break
     return "".join(parts)
