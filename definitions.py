@@ -32,7 +32,7 @@ def build_definitions(
     check_unique_names(recipes)  # group names are derived from file names (lora-1b.yml → lora_1b)
     return dg.Definitions(
         assets=[a for r in recipes for a in recipe_assets(r)],
-        jobs=[recipe_job(r) for r in recipes],
+        jobs=[recipe_job(r, Path(__file__).parent) for r in recipes],
         schedules=[s for r in recipes for s in recipe_schedules(r)],
         sensors=[s for r in recipes for s in recipe_sensors(r)],
         resources={"store": store or NewtStore.from_env(), "launcher": launcher_from_env()},

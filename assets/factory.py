@@ -10,6 +10,7 @@ import dagster as dg
 
 from newt.config import Recipe
 from newt.pipeline import STAGE_DEFS, StageOutcome, asset_code_version, nodes, run_stage, stage_of, upstream_of
+from .presentation import asset_metadata, recipe_link, recipe_reference
 from .sources import source_asset_keys
 
 if __package__.startswith("newt_dagster."):  # installed from the wheel: one package, shadowing nothing
@@ -50,9 +51,9 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
     sdef = STAGE_DEFS[stage_of(stage)]
     key = stage_asset_key(recipe.name, stage)
     checks = []
-    if stage == "evaluation":
-        checks = [dg.AssetCheckSpec(name, asset=key, blocking=True, description=text)
-                  for name, text in GATE_CHECKS.values()]
+    if stage == "evaluation":  # only the gate kinds the recipe sets: an unconfigured gate is no check, not a pass
+        checks = [dg.AssetCheckSpec(GATE_CHECKS[kind][0], asset=key, blocking=True, description=GATE_CHECKS[kind][1])
+                  for kind in configured_gates(recipe)]
     description = sdef.description
     if stage_of(stage) == "quantized":
         description = f"{description} Method: {recipe.quantize.variants()[stage]}."
@@ -62,9 +63,10 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
         deps=[stage_asset_key(recipe.name, u) for u in upstream_of(recipe, stage)]
         + (source_asset_keys(recipe) if stage == "dataset" else []),  # external data: assets/sources.py
         group_name=recipe.name,
-        description=f"{description} (recipe {recipe.source or recipe.name})",
+        description=f"{description} {recipe_link(recipe)}",
+        metadata=recipe_reference(recipe),
         code_version=asset_code_version(recipe, stage),
-        kinds={"newt"},
+        kinds=stage_kinds(stage_of(stage)),
         pool="gpu" if stage_of(stage) in GPU_STAGES else None,
         check_specs=checks or None,
         tags={"newt/stage": stage_of(stage)},
@@ -90,26 +92,20 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
-    from newt.evaluate import flat_metrics, results_table
+# --- issue 17: how assets read in the UI (kinds with icons, only configured gates; links: assets/presentation.py)
 
-    meta: dict[str, Any] = {
-        "cache": outcome.cache,
-        "key": outcome.key,
-        "artifact": dg.MetadataValue.path(outcome.uri),
-        "key_inputs": dg.MetadataValue.json(outcome.inputs),
-    }
-    for name, value in outcome.metadata.items():
-        if name == "results":
-            meta["results"] = dg.MetadataValue.md(results_table(value))
-            meta.update(flat_metrics(value))
-        elif name.endswith("_preview") or name.endswith("_markdown"):
-            meta[name] = dg.MetadataValue.md(str(value))
-        elif isinstance(value, (dict, list)):
-            meta[name] = dg.MetadataValue.json(value)
-        elif value is not None:
-            meta[name] = value
-    return meta
+
+def stage_kinds(stage: str) -> set[str]:
+    """Dagster's known kinds draw an icon: `huggingface` for stages on HF datasets/tokenizers, `pytorch` for
+    stages that run a model."""
+    return {"newt", "huggingface"} | ({"pytorch"} if stage in GPU_STAGES else set())
+
+
+def configured_gates(recipe: Recipe) -> list[str]:
+    """The gate kinds (GATE_CHECKS keys) that the recipe sets."""
+    cfg = recipe.eval
+    return [kind for kind, on in (("threshold", cfg.thresholds), ("regression", cfg.max_drop),
+                                  ("retention", cfg.min_retention)) if on]
 
 
 def _previous_metrics(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int = 50) -> dict | None:
@@ -122,6 +118,8 @@ def _previous_metrics(instance: dg.DagsterInstance, key: dg.AssetKey, limit: int
         if materialization is None:
             continue
         meta = {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+        if meta.get("cache") == "hit":  # re-reports an earlier artifact, its numbers as text (assets/presentation.py)
+            continue
         if meta.get("gates_passed", True) is True:
             return unflatten({k: v for k, v in meta.items() if "/" in k})
     return None
@@ -133,13 +131,15 @@ def _gate_results(recipe: Recipe, outcome: StageOutcome, previous: dict | None) 
     results = outcome.metadata.get("results", {})
     out = []
     for kind, verdicts in gates(results, recipe, previous).items():
+        if kind not in configured_gates(recipe):
+            continue
         name = GATE_CHECKS[kind][0]
         if verdicts:
             text = "\n".join(f"- {'✅' if v['passed'] else '❌'} {v['text']}" for v in verdicts)
         elif kind == "regression" and recipe.eval.max_drop and recipe.eval.baseline == "previous":
             text = "no earlier materialization with passing gates to compare with"
         else:
-            text = "no gates of this kind set"
+            text = "no verdicts: none of the gate's metrics were evaluated"
         meta: dict[str, Any] = {"verdicts": dg.MetadataValue.md(text)}
         if verdicts:
             meta["details"] = dg.MetadataValue.json(verdicts)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .presentation import recipe_link, recipe_reference
 from newt.config import Recipe
+
+# The tag an observation carries its data version in (what an `ObserveResult(data_version=...)` becomes, and what
+# the UI and `get_latest_data_version_record` read); a sensor records observations as plain `AssetObservation`s.
+DATA_VERSION_TAG = "dagster/data_version"
 
 
 def source_asset_key(recipe_name: str, index: int) -> dg.AssetKey:
@@ -32,16 +37,26 @@ def _source_asset(recipe: Recipe, index: int) -> dg.SourceAsset:
     @dg.observable_source_asset(
         key=source_asset_key(recipe.name, index),
         group_name=recipe.name,
-        description=f"{key_path} of recipe {recipe.source or recipe.name}: {spec.path} (content version)",
-        kinds={"newt"},
+        description=f"{key_path}: {spec.path} (content version) {recipe_link(recipe)}",
+        metadata=recipe_reference(recipe),
+        kinds={"newt", "huggingface"},
     )
     def _observe() -> dg.ObserveResult:
-        from newt.sources import redact_url, source_version
+        from newt.sources import source_version
 
         version = source_version(spec, key_path=key_path)
-        return dg.ObserveResult(
-            data_version=dg.DataVersion(version["version"]),
-            metadata={"uri": redact_url(version["uri"]), "kind": version["kind"], "files": len(version["files"])},
-        )
+        return dg.ObserveResult(data_version=dg.DataVersion(version["version"]), metadata=version_metadata(version))
 
     return _observe
+
+
+def version_metadata(version: dict) -> dict:
+    from newt.sources import redact_url
+
+    return {"uri": redact_url(version["uri"]), "kind": version["kind"], "files": len(version["files"])}
+
+
+def source_observation(recipe: Recipe, index: int, version: dict) -> dg.AssetObservation:
+    """The observation a sensor records for a source: the same data version and metadata as observing it."""
+    return dg.AssetObservation(asset_key=source_asset_key(recipe.name, index), metadata=version_metadata(version),
+                               tags={DATA_VERSION_TAG: version["version"]})

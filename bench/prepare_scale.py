@@ -124,7 +124,7 @@ def main() -> None:
         monitor.phase = f"{stage}: start"
         out = run_stage(recipe, stage, store, keys=keys, log=log)
         dt = time.perf_counter() - t0
-        rows = out.metadata.get("rows") or out.metadata.get("rows_rows_in") or args.rows
+        rows = out.metadata.get("rows") or out.metadata.get("rows_in") or args.rows
         print(f"{stage}: {out.cache} in {dt:.0f} s = {rows / dt:,.0f} rows/s "
               f"(peak PSS so far {monitor.peak / 2**30:.2f} GiB, anonymous {monitor.peak_anon / 2**30:.2f} GiB)",
               flush=True)

@@ -3,7 +3,9 @@
 The sensor asks `newt.sources.source_version` — the same content version that keys the `dataset` stage (sha256 of
 local bytes, ETag/md5/generation of objects, commit of hub datasets) — and keeps the last one in its cursor. The
 first evaluation only records the version (starting the UI must not start a training run); every later change
-requests one run, keyed by the (old, new) versions so one change never triggers twice. The run materializes the whole job:
+requests one run, keyed by the (old, new) versions so one change never triggers twice. Each new version is also
+recorded as an observation of the source asset (`<recipe>/source_<i>`), so the UI shows it without anyone
+observing the source by hand. The run materializes the whole job:
 stages whose keys did not change (there are none downstream of new data, but an unrelated recipe edit might
 already be built) return at once as cache hits.
 """
@@ -14,6 +16,10 @@ import json
 
 import dagster as dg
 
+if __package__.startswith("newt_dagster."):  # installed from the wheel (pyproject.toml's package-dir)
+    from ..assets.sources import source_observation
+else:  # a checkout: top-level packages beside newt/
+    from assets.sources import source_observation
 from newt.config import Recipe
 
 MIN_INTERVAL_S = 60  # a version check is one stat/HEAD per file; once a minute is plenty for training data
@@ -44,15 +50,19 @@ def _source_sensor(recipe: Recipe, index: int) -> dg.SensorDefinition:
             return dg.SkipReason(
                 f"{key_path} ({spec.path}) unchanged: {current['kind']} {current['version']}"
             )
-        context.update_cursor(json.dumps(current, sort_keys=True))
+        # A new (or first seen) version is recorded as an observation of the source asset: the UI shows the
+        # source's current content version, and the recipe's assets as Unsynced once it differs from what they
+        # were built from.
+        observed = [source_observation(recipe, index, version)]
+        cursor = json.dumps(current, sort_keys=True)
         if previous is None:
-            return dg.SkipReason(
+            return dg.SensorResult(asset_events=observed, cursor=cursor, skip_reason=dg.SkipReason(
                 f"first look at {key_path} ({spec.path}): recorded {current['kind']} "
                 f"{current['version']}; a later change starts {recipe.name}_job"
-            )
-        return dg.RunRequest(
+            ))
+        return dg.SensorResult(asset_events=observed, cursor=cursor, run_requests=[dg.RunRequest(
             run_key=f"{key_path}:{previous['version']}->{current['version']}",
             tags={"newt/trigger": "data", "newt/source": key_path},
-        )
+        )])
 
     return _sensor

@@ -130,6 +130,9 @@ class QuantizeConfig(Strict):
 
 # Built-in metrics and their direction: "min" = higher is better (a threshold is a minimum), "max" = lower is better.
 EVAL_METRICS = {"exact_match": "min", "contains": "min", "regex_match": "min", "loss": "max", "perplexity": "max"}
+# issue 17: preference (newt/eval/preference.py) and GRPO (newt/eval/grpo.py) metrics; "min" = a floor, higher is better
+EVAL_METRICS |= {"preference_accuracy": "min", "reward_margin": "min", "chosen_logp": "min", "rejected_logp": "max",
+                 "reward": "min", "stopped": "min"}
 _LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
 
 
@@ -187,6 +190,15 @@ class EvalConfig(Strict):
         "Quantized-vs-merged gate: each quantized variant keeps at least this share of the merged model's metric "
         "(quantized/merged; merged/quantized for loss and perplexity, so 0.95 always means 'at most 5% worse'). "
         "Not part of the key.",
+    )
+
+    # issue 17: text formats are not scored by generation unless asked
+    generate: bool | None = knob(
+        None,
+        "Score one greedy generation per held-out row against its last turn (exact_match, contains, regex_match). "
+        "null: on for chat formats, off when every dataset is a text format (completion, input_output), whose "
+        "evaluation is loss and perplexity.",
+        "evaluation",
     )
 
     @model_validator(mode="after")

@@ -1,11 +1,13 @@
 """The `evaluation` stage: score each model variant, and the gates that judge the scores.
 
 Variants (`eval.models`): `base`, `merged`, `quantized` (the first quantize output) and `quantized_<method>` (each
-further output). Metrics per variant, all from the first `eval.max_samples` held-out rows of the prepared data:
+further output). Which metrics depends on the training method: `evaluators()` maps it to one scoring function
+(preference methods: newt/eval/preference.py, GRPO: newt/eval/grpo.py). SFT metrics per variant, all from the
+first `eval.max_samples` held-out rows of the prepared data:
 
 - `loss` (mean cross-entropy on the supervised tokens, teacher forced) and `perplexity` (its exponential);
-- from one greedy generation of the conversation's last assistant turn, compared with that turn after stripping
-  whitespace: `exact_match` (equal), `contains` (the reference appears in the output) and, when `eval.answer_regex`
+- unless the data is a text format (`eval.generate`), from one greedy generation of the conversation's last
+  assistant turn (`generate_answers`), compared with that turn after stripping whitespace: `exact_match` (equal), `contains` (the reference appears in the output) and, when `eval.answer_regex`
   is set, `regex_match` (the regex's first match in the output, group 1 if it has groups, equals the reference);
 - `<task>/<metric>` for each lm-evaluation-harness task in `eval.lm_eval_tasks` (run on the loaded model object,
   so quantized variants are scored exactly as they load).
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,52 @@ def answer_scores(output: str, reference: str, answer_regex: str | None = None) 
     return scores
 
 
+def generates(recipe: Recipe) -> bool:
+    """Whether the SFT evaluation generates answers (`exact_match`, `contains`, `regex_match`): `eval.generate`,
+    by default on for chat formats and off when every dataset is a text format (`completion`, `input_output`),
+    where an exact match of free text continuing a document means nothing."""
+    from newt.formats import TEXT_TYPES
+
+    if recipe.eval.generate is not None:
+        return recipe.eval.generate
+    return not all(spec.type in TEXT_TYPES for spec in recipe.datasets)
+
+
+def answer_prompt(row: dict, tokenizer: Any, template: str) -> tuple[str, str]:
+    """(prompt text, reference answer) of a held-out SFT row: the conversation up to its last turn, chat-templated
+    with the generation prompt; a text-format row (segments with roles `input`/`output`) is its segments before
+    the last one, as plain text."""
+    conv = json.loads(row["messages"])
+    if conv and {m["role"] for m in conv} <= {"input", "output"}:
+        return "".join(str(m["content"]) for m in conv[:-1]), str(conv[-1]["content"])
+    prompt = tokenizer.apply_chat_template(conv[:-1], chat_template=template, tokenize=False, add_generation_prompt=True)
+    return prompt, str(conv[-1]["content"])
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                     batch_size: int = 32) -> list[list[int]]:
+    """Greedy continuation of each prompt: the generated token ids, up to and including the first end-of-sequence
+    token (absent when the budget ran out). The one generation call of the evaluation stage."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    out: list[list[int]] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            # greedy generation, left-padded batch
+            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
+            width = max(len(e) for e in enc)
+            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc]).to(device)
+            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc]).to(device)
+            gen = model.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=eos)
+            for row in gen[:, width:].tolist():
+                out.append(row[: row.index(eos) + 1] if eos in row else row)
+    return out
+
+
 def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template: str, batch_size: int = 32) -> dict:
     import torch
 
@@ -81,23 +131,13 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
             loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
             total_loss += float(loss)
             total_tokens += int((shift_labels != IGNORE_INDEX).sum())
-            # greedy generation of the last assistant turn, left-padded batch
-            prompts, answers = [], []
-            for r in batch:
-                conv = json.loads(r["messages"])
-                prompts.append(tokenizer.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
-                                                             add_generation_prompt=True))
-                answers.append(str(conv[-1]["content"]))
-            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            width = max(len(e) for e in enc)
-            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc]).to(device)
-            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc]).to(device)
-            out = model.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=recipe.eval.max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            for row_out, answer in zip(out[:, width:], answers):
-                text = tokenizer.decode(row_out, skip_special_tokens=True)
-                for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
-                    hits[name] = hits.get(name, 0) + int(ok)
+    if generates(recipe):
+        prompts, answers = zip(*(answer_prompt(r, tokenizer, template) for r in rows)) if rows else ((), ())
+        for ids, answer in zip(generate_answers(model, tokenizer, list(prompts), recipe.eval.max_new_tokens,
+                                                batch_size), answers):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
+                hits[name] = hits.get(name, 0) + int(ok)
     loss = total_loss / max(total_tokens, 1)
     n = max(len(rows), 1)
     return {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4),
@@ -140,18 +180,57 @@ def lm_eval_metrics(task_results: dict[str, dict[str, Any]]) -> dict[str, float]
     return metrics
 
 
-def build(run: StageRun) -> dict[str, Any]:
+Evaluator = Callable[[Any, Any, list[dict], Recipe, "EvalContext"], dict[str, float]]
+
+
+def sft_scores(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, context: EvalContext) -> dict:
     from newt import templates
+
+    return score(model, tokenizer, rows, recipe, templates.template_for(recipe, tokenizer))
+
+
+def evaluators() -> dict[str, Evaluator]:
+    """Training method (`rl`, or `sft`) → the function that scores one loaded variant on the held-out rows.
+
+    The one shared place of per-method evaluation: each method's code lives in its own module (newt/eval/), and a
+    new method adds one entry here. ORPO, SimPO and CPO are reference-free preference methods (newt/eval/preference.py).
+    """
+    from newt.eval import grpo, preference
+
+    return {
+        "sft": sft_scores,
+        "dpo": preference.scores,
+        "kto": preference.scores,
+        "orpo": preference.scores,
+        "simpo": preference.scores,
+        "cpo": preference.scores,
+        "grpo": grpo.scores,
+    }
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator may need beyond its own variant: numbers computed once on the base model (the reference
+    of DPO/IPO/KTO rewards), reusing the base when it is the variant being scored."""
+
+    run: StageRun
+    base: tuple[Any, Any] | None = None  # (model, tokenizer) while the base variant is loaded
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def reference(self, name: str, compute: Callable[[Any, Any], Any]) -> Any:
+        if name not in self.cache:
+            model, tokenizer = self.base or load_variant("base", self.run)
+            self.cache[name] = compute(model, tokenizer)
+        return self.cache[name]
+
+
+def build(run: StageRun) -> dict[str, Any]:
     from newt.prepare import load_prepared
 
     recipe = run.recipe
-    if recipe.rl:
-        # Preference and prompt-only rows have no reference answer to score against (not built yet).
-        raise ValueError(
-            f"evaluation: rl: {recipe.rl} recipes are not evaluated yet (held-out rows are preference/prompt rows, "
-            f"not conversations with a reference answer); materialize up to `quantized`, or evaluate the merged "
-            f"model with an SFT recipe's eval.lm_eval_tasks"
-        )
+    method = recipe.rl or "sft"
+    if method not in evaluators():
+        raise ValueError(f"evaluation: rl: {method} has no evaluator; known methods: {', '.join(evaluators())}")
     if recipe.processor_type:
         raise ValueError(
             "evaluation: multimodal recipes (processor_type) are not evaluated yet (generation would need each held-out "
@@ -162,9 +241,11 @@ def build(run: StageRun) -> dict[str, Any]:
         raise ValueError("evaluation: the prepared data has no validation rows; set val_set_size (e.g. 0.05 or 200)")
     rows = [held_out[i] for i in range(min(len(held_out), recipe.eval.max_samples))]
     results: dict[str, dict] = {}
+    evaluate, context = evaluators()[method], EvalContext(run)
     for variant in recipe.eval.models:
         model, tokenizer = load_variant(variant, run)
-        results[variant] = score(model, tokenizer, rows, recipe, templates.template_for(recipe, tokenizer))
+        context.base = (model, tokenizer) if variant == "base" else None
+        results[variant] = evaluate(model, tokenizer, rows, recipe, context)
         if recipe.eval.lm_eval_tasks:
             results[variant].update(lm_eval_scores(model, tokenizer, recipe))
         run.log(f"evaluation: {variant}: {results[variant]}")

@@ -38,7 +38,8 @@ STAGE_DEFS: dict[str, StageDef] = {
         StageDef("merged", ("trained",), "newt.merge", "Adapter merged into safetensors weights + tokenizer."),
         StageDef("quantized", ("merged",), "newt.quantize", "Quantized/exported model that reloads."),
         StageDef("evaluation", ("prepared", "merged", "quantized"), "newt.evaluate",
-                 "Held-out loss and generation exact match for each model variant; gates are asset checks."),
+                 "Held-out metrics of each model variant, per training method (loss and answers for SFT, "
+                 "preference accuracy for DPO/KTO, reward for GRPO); gates are asset checks."),
     )
 }
 assert tuple(STAGE_DEFS) == STAGES

@@ -128,7 +128,7 @@ def build(run: StageRun) -> dict[str, Any]:
         "rows_validation": n_val,
         "tokens": report["tokens"],
         "supervised_tokens": report["supervised_tokens"],
-        **{f"rows_{k}": v for k, v in report["counts"].items() if k != "rows_kept"},
+        **{k if k.startswith("rows_") else f"rows_{k}": v for k, v in report["counts"].items() if k != "rows_kept"},
     }
     for name in ("mask_preview", "audit", "supervised_tokens_per_role", "packing"):
         if report.get(name) is not None:

@@ -59,21 +59,23 @@ def masking_report(merged, keep: np.ndarray, recipe: Recipe, tokenizer: Any,
                                                       rows=3),
     }
     if reports:
-        out["audit"] = combine_audits(reports)
+        out["audit"] = combine_audits(reports, rows_total=len(keep))
+        out["audit"]["sample"] = (f"{out['audit']['sampled_rows']} of {len(keep)} kept rows: the first "
+                                  f"{per_source:,} untruncated rows of each chat source")
         out["supervised_tokens_per_role"] = out["audit"]["supervised_tokens_per_role"]
     return out, problems
 
 
-def combine_audits(reports: list[dict]) -> dict:
-    checked = sum(r["rows_checked"] for r in reports)
+def combine_audits(reports: list[dict], rows_total: int) -> dict:
+    checked = sum(r["sampled_rows"] for r in reports)
     failures = [f for r in reports for f in r["failures"]]
     roles: dict[str, int] = {}
     for r in reports:
         for role, n in r["supervised_tokens_per_role"].items():
             roles[role] = roles.get(role, 0) + n
     return {
-        "rows_checked": checked,
-        "rows_total": sum(r["rows_total"] for r in reports),
+        "sampled_rows": checked,
+        "rows_total": rows_total,
         "failures": failures[:20],
         "failure_count": len(failures),
         "failure_rate": len(failures) / checked if checked else 0.0,

@@ -36,9 +36,8 @@ def test_asset_graph_snapshot(tiny_recipe_file, tmp_path: Path) -> None:
         "tiny/trained": ("tiny", ["tiny/prepared"], ["gpu"]),
     }
     assert [j.name for j in defs.jobs] == ["tiny_job"]
-    checks = defs.resolve_asset_graph().asset_check_keys
-    assert {c.to_user_string() for c in checks} == {
-        "tiny/evaluation:eval_thresholds", "tiny/evaluation:eval_regression", "tiny/evaluation:eval_retention"}
+    # the tiny recipe sets no gates: an unconfigured gate is no check at all (never a green "Passed")
+    assert defs.resolve_asset_graph().asset_check_keys == set()
 
 
 def test_each_quantize_output_is_its_own_asset(tiny_recipe_file, tmp_path: Path) -> None:
@@ -105,7 +104,8 @@ def test_materialize_twice_second_run_is_all_cache_hits(tiny_recipe_file, tmp_pa
     assert {m.metadata["cache"].value for m in meta2.values()} == {"hit"}
     for stage, m in meta1.items():
         assert meta2[stage].tags["dagster/data_version"] == m.tags["dagster/data_version"] == m.metadata["key"].value
-    assert meta2["trained"].metadata["final_loss"].value == trained["final_loss"].value
+    # a hit reports the same numbers as text, so metric plots get no duplicate point
+    assert meta2["trained"].metadata["final_loss"].value == str(trained["final_loss"].value)
 
     # a failing gate fails the blocking check on a cache hit: no re-evaluation needed to tighten a threshold
     strict = build_definitions(tiny_recipe_file(extra="eval: {max_samples: 8, max_new_tokens: 8, "
@@ -114,6 +114,6 @@ def test_materialize_twice_second_run_is_all_cache_hits(tiny_recipe_file, tmp_pa
     third = materialize(strict, instance)
     assert not third.success
     checks = {c.check_name: c.passed for c in third.get_asset_check_evaluations()}
-    assert checks == {"eval_thresholds": False, "eval_regression": True, "eval_retention": True}
+    assert checks == {"eval_thresholds": False}
     ev = {e.materialization.asset_key.path[-1]: e.materialization for e in third.get_asset_materialization_events()}
     assert ev["evaluation"].metadata["cache"].value == "hit"

@@ -145,15 +145,32 @@ def test_eval_config_validation_reports_unknown_metrics_and_variants() -> None:
         recipe("eval: {answer_regex: '('}\n")
 
 
-def test_rl_recipes_are_refused_with_a_clear_error(tmp_path) -> None:
-    import pytest
+def test_every_training_method_has_an_evaluator() -> None:
+    from typing import get_args
 
     from newt.config import Recipe
-    from newt.evaluate import build
-    from newt.pipeline import StageRun
+    from newt.evaluate import evaluators
 
-    recipe = Recipe.model_validate({"base_model": "builtin:tiny-llama", "rl": "dpo",
-                                    "datasets": [{"path": "pairs.jsonl"}]})
-    run = StageRun(recipe, "evaluation", "k", tmp_path, {})
-    with pytest.raises(ValueError, match="rl: dpo recipes are not evaluated yet"):
-        build(run)
+    methods = {"sft", *get_args(Recipe.model_fields["rl"].annotation.__args__[0])}
+    assert methods <= set(evaluators())
+
+
+def test_text_formats_are_not_scored_by_generation_unless_asked() -> None:
+    from newt.evaluate import generates
+
+    assert generates(recipe()) is True  # chat rows (the default type)
+    text = "base_model: builtin:tiny-llama\ndatasets: [{path: d.jsonl, type: completion}]\n"
+    assert generates(parse_recipe(text)) is False
+    assert generates(parse_recipe(text + "eval: {generate: true}\n")) is True
+
+
+def test_kto_rows_pair_desirable_with_undesirable_completions_of_the_same_prompt() -> None:
+    from newt.eval.preference import pairs
+
+    rows = [{"prompt": "a", "completion": "x", "label": True}, {"prompt": "a", "completion": "y", "label": False},
+            {"prompt": "b", "completion": "z", "label": True}, {"prompt": "a", "completion": "w", "label": False}]
+    items, index_pairs, chosen, rejected = pairs(rows)
+    assert items == [("a", "x"), ("a", "y"), ("b", "z"), ("a", "w")]
+    assert index_pairs == [(0, 1), (0, 3)] and chosen == [0, 2] and rejected == [1, 3]
+    items, index_pairs, chosen, rejected = pairs([{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    assert items == [("p", "c"), ("p", "r")] and index_pairs == [(0, 1)] and chosen == [0] and rejected == [1]

@@ -19,7 +19,7 @@ def _run(tok, convs, **settings):
 def test_correct_masks_pass_and_report_is_json():
     report, _ = _run(F.qwen25(), [CONV, NO_SYSTEM])
     assert json.loads(json.dumps(report)) == report
-    assert (report["rows_checked"], report["failures"], report["failure_rate"]) == (2, [], 0.0)
+    assert (report["sampled_rows"], report["failures"], report["failure_rate"]) == (2, [], 0.0)
     # 2 rows x 2 assistant turns x (2 content tokens + <|im_end|>)
     assert report["supervised_tokens_per_role"]["assistant"] == 12
     assert audit_problems(report) == []
@@ -35,7 +35,7 @@ def test_wrong_boundaries_fail_with_row_and_readable_diff():
     assert diff.startswith("2 trainable messages (assistant) but 5 trainable turns in the tokens")
     assert "message 2 (assistant): expected 'Hello there'\n  supervised 'system\\nBe brief.'" in diff
     problems = audit_problems(report)
-    assert len(problems) == 1 and "1 of 1 rows" in problems[0] and "role_boundaries" in problems[0]
+    assert len(problems) == 1 and "1 of 1 sampled rows" in problems[0] and "role_boundaries" in problems[0]
     assert audit_problems(report, max_failure_rate=1.0) == []
 
 
@@ -49,10 +49,10 @@ def test_zero_supervision_rows_are_counted_and_fail_unless_allowed():
 
 def test_max_rows_limits_the_checked_rows():
     report, _ = _run(F.qwen25(), [CONV] * 5, train_on_eos="last")
-    assert report["rows_checked"] == 5 and report["failures"] == []
+    assert report["sampled_rows"] == 5 and report["failures"] == []
     m = Masker(F.qwen25())
     out = m([CONV] * 5)
-    assert audit([CONV] * 5, out["input_ids"], out["labels"], F.qwen25(), m, max_rows=2)["rows_checked"] == 2
+    assert audit([CONV] * 5, out["input_ids"], out["labels"], F.qwen25(), m, max_rows=2)["sampled_rows"] == 2
 
 
 def test_audit_accepts_qwen3_think_rewrites():
@@ -83,11 +83,11 @@ def test_preview_tells_trained_from_masked():
     out = Masker(tok)([CONV, NO_SYSTEM])
     md = mask_preview_markdown(out["input_ids"], out["labels"], tok, rows=1)
     assert "#### Row 0: 34 tokens, 6 supervised" in md and "Row 1" not in md
-    assert "**Hello there&lt;\\|im\\_end\\|&gt;**`⏎`" in md  # the newline after <|im_end|> is masked
-    assert "`<|im_start|>assistant⏎`" in md
+    assert "**Hello there&lt;\\|im\\_end\\|&gt;**~~`⏎`~~" in md  # the newline after <|im_end|> is masked
+    assert "~~`<|im_start|>assistant⏎`~~" in md
 
 
-def test_preview_bold_is_exactly_the_trained_text_in_a_commonmark_renderer():
+def test_preview_bold_is_the_trained_text_and_strikethrough_the_masked_in_a_gfm_renderer():
     # Segments that begin or end with spaces or punctuation next to a newline are where `**` stops being emphasis
     # (CommonMark flanking rules) and the UI shows literal asterisks.
     import html
@@ -100,8 +100,12 @@ def test_preview_bold_is_exactly_the_trained_text_in_a_commonmark_renderer():
             {"role": "assistant", "content": " Black.\n\n  (two spaces) end!  \nlast."}]
     out = Masker(tok)([conv])
     md = mask_preview_markdown(out["input_ids"], out["labels"], tok, rows=1)
-    rendered = markdown_it.MarkdownIt("commonmark").render(md.split("\n\n", 1)[1])  # without the legend
-    assert "**" not in rendered  # every delimiter became emphasis
+    # GFM: CommonMark plus strikethrough, as Dagster's UI renders metadata markdown
+    rendered = markdown_it.MarkdownIt("commonmark").enable("strikethrough").render(md.split("\n\n", 1)[1])
+    assert "**" not in rendered and "~~" not in rendered  # every delimiter became emphasis or strikethrough
+    struck = "".join(html.unescape(x) for x in re.findall(r"<s><code>(.*?)</code></s>", rendered, flags=re.S))
+    masked = tok.decode([t for t, lab in zip(out["input_ids"][0], out["labels"][0]) if lab == IGNORE_INDEX])
+    assert struck == masked.replace("\n", "⏎")
     strong = "".join(html.unescape(x) for x in re.findall(r"<strong>(.*?)</strong>", rendered, flags=re.S))
     trained = tok.decode([t for t in out["labels"][0] if t != IGNORE_INDEX])
     # spaces next to a delimiter are rendered outside the bold on purpose; every other character is inside it
@@ -117,5 +121,6 @@ def test_audit_markdown_has_the_role_table_and_failures():
     md = audit_markdown(report)
     # 5 turns: system Ċ Be brief . (5), user Ċ Hi (3), assistant Ċ Hello there (4), 3, 4 + 5 ends
     assert "| assistant | 24 | 100.0% |" in md
-    assert "Audit: 1 of 1 checked rows fail (100.0%); 0 of 1 rows have no supervised token" in md
+    assert ("Audit of a sample (the first 1 of 1 rows): 1 of 1 sampled rows fail (100.0%); 0 of them have no "
+            "supervised token; 0 messages dropped by the template. The asset has 1 rows.") in md
     assert "Row 0:\n```\n2 trainable messages" in md

@@ -30,3 +30,43 @@ def test_replacing_the_file_changes_the_observed_version(tiny_recipe_file) -> No
         data.write_text(data.read_text() + json.dumps({"messages": [{"role": "user", "content": "ab"},
                                                                     {"role": "assistant", "content": "ba"}]}) + "\n")
         assert observed() != first
+
+
+def test_the_data_sensor_records_observations_and_the_recipe_goes_unsynced(tiny_recipe_file, tmp_path) -> None:
+    from definitions import build_definitions
+    from resources import NewtStore
+
+    recipe_file = tiny_recipe_file()
+    recipe = load_recipe(recipe_file)
+    defs = build_definitions(recipe_file.parent, NewtStore(root=str(tmp_path / "store")))
+    sensor = defs.resolve_sensor_def("tiny_source_0_sensor")
+    key = source_asset_key("tiny", 0)
+    with dg.instance_for_test() as instance:
+        def tick(cursor: str | None):
+            result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+            for event in result.asset_events:  # what the sensor daemon does with a tick's asset events
+                instance.report_runless_asset_event(event)
+            return result
+
+        def observed() -> str | None:
+            record = instance.get_latest_data_version_record(key, is_source=True)
+            return record.asset_observation.data_version if record else None
+
+        assert observed() is None
+        first = tick(None)
+        assert not first.run_requests and observed() == source_version(recipe.datasets[0])["version"]
+        # the dataset stage built from that version records it as its input version
+        dataset = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey(["tiny", "dataset"])
+                   in a.keys]
+        built = dg.materialize(dataset, resources=defs.resources, instance=instance, selection=dataset)
+        [materialization] = built.get_asset_materialization_events()
+        input_tag = f"dagster/input_data_version/{key.to_user_string()}"
+        assert materialization.materialization.tags[input_tag] == observed()
+        assert len(tick(first.cursor).asset_events) == 0  # unchanged: nothing new to record
+
+        data = Path(recipe.datasets[0].path)
+        data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
+        changed = tick(first.cursor)
+        assert len(changed.run_requests) == 1
+        new = source_version(recipe.datasets[0])["version"]
+        assert observed() == new != materialization.materialization.tags[input_tag]  # the UI: dataset Unsynced

@@ -51,10 +51,11 @@ def test_artifact_loads_standalone_and_labels_equal_the_masking_engine(tmp_path:
         assert row["input_ids"] == ref["input_ids"] and row["labels"] == ref["labels"]
     report = json.loads((Path(out.uri) / "masking.json").read_text())
     assert report["counts"]["rows_in"] == 40 and report["audit"]["failure_rate"] == 0.0
-    assert report["audit"]["rows_checked"] == 40
+    assert report["audit"]["sampled_rows"] == 40 and report["audit"]["rows_total"] == 40
+    assert out.metadata["rows_in"] == 40 and "rows_rows_in" not in out.metadata
     assert report["supervised_tokens_per_role"]["assistant"] == report["supervised_tokens"] > 0
     assert report["supervised_tokens_per_role"]["user"] == 0
-    assert "**" in out.metadata["mask_preview"] and out.metadata["audit"]["failure_rate"] == 0.0
+    assert "~~`" in out.metadata["mask_preview"] and out.metadata["audit"]["failure_rate"] == 0.0
 
 
 def test_several_datasets_keep_their_own_masking_knobs(tmp_path: Path) -> None:

@@ -142,6 +142,29 @@ class DevTools:
         )
         time.sleep(0.5)
 
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def rect(self, selector: str, index: int = 0) -> dict | None:
+        """The `index`-th element matching `selector`, scrolled into view: its box on the page (CSS pixels)."""
+        script = (
+            f"(() => {{ const el = document.querySelectorAll({json.dumps(selector)})[{index}]; if (!el) return null;"
+            " el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
+            " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+        )
+        found = self.evaluate(script)
+        time.sleep(0.3)
+        return self.evaluate(script) if found else None
+
+    def region(self, name: str, rect: dict) -> Path:
+        """A screenshot of one box of the page."""
+        clip = {k: rect[k] for k in ("x", "y", "width", "height")} | {"scale": 1}
+        data = self.call("Page.captureScreenshot", format="png", clip=clip)["data"]
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        path.write_bytes(base64.b64decode(data))
+        return path
+
     def screenshot(self, name: str) -> Path:
         SHOTS.mkdir(parents=True, exist_ok=True)
         data = self.call("Page.captureScreenshot", format="png")["data"]
@@ -212,6 +235,18 @@ def ui() -> Iterator[tuple[int, object]]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def struck_through(path: Path) -> bool:
+    """Whether a screenshot of one line of text has a strike line: a pixel row in its middle half that is dark
+    across (almost) the whole width. Bold or plain letters leave gaps between glyphs on every row."""
+    from PIL import Image  # matplotlib's dependency
+
+    image = Image.open(path).convert("L")
+    width, height = image.size
+    pixels = image.load()
+    return any(sum(pixels[x, y] < 140 for x in range(width)) >= 0.9 * width
+               for y in range(height // 4, 3 * height // 4 + 1))
+
+
 @pytest.mark.slow
 def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) -> None:
     from definitions import build_definitions
@@ -220,7 +255,7 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     base = f"http://127.0.0.1:{port}"
     run = tiny_run()
     checks = sorted(k.name for k in build_definitions(run.recipes).resolve_asset_graph().asset_check_keys)
-    assert checks, "the evaluation asset has gate checks"
+    assert checks == ["eval_thresholds"], "only the gate the recipe sets is a check"
 
     # the recipe's asset group (file tiny.yml → group tiny): its six stages in the lineage graph
     tools.goto(f"{base}/locations/newt/asset-groups/tiny")
@@ -228,24 +263,51 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     time.sleep(2)  # the nodes' materialization status arrives after their names
     tools.screenshot("1-group-tiny")
 
-    # the prepared asset: its latest materialization's mask preview (markdown, rendered) and masking report
+    # the prepared asset: the mask preview, trained text bold and masked text struck through
     tools.goto(f"{base}/assets/tiny/prepared")
-    text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "supervised_tokens", "rows_train")
-    assert "assistant" in text
+    text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "sampled_rows", "rows_train")
+    assert "assistant" in text and "rows_rows_in" not in text
     tools.scroll_to_row("mask_preview")
     tools.screenshot("2-prepared-mask-preview")
+    # [0] of each is the legend's; [1] the first row's (a GFM strikethrough renders as <del>)
+    trained, masked = tools.rect("td strong", 1), tools.rect("td del", 1)
+    assert trained and masked and trained["width"] > 20 and masked["width"] > 20, (trained, masked)
+    assert struck_through(tools.region("2b-masked-text", masked))
+    assert not struck_through(tools.region("2a-trained-text", trained))
+    legend_fits = tools.evaluate(
+        "(() => { const d = document.querySelector('td del'); const box = d && d.closest('td');"
+        " const r = d && d.getBoundingClientRect(); const b = box && box.getBoundingClientRect();"
+        " return !!b && r.right <= b.right && d.closest('p').scrollWidth <= d.closest('p').clientWidth + 1; })()")
+    assert legend_fits, "the legend is cut off"
     tools.scroll_to_row("audit")
     tools.screenshot("3-prepared-masking-report")
 
-    # the evaluation asset: metrics per model variant, and its checks with their results
+    # the trained asset: the loss picture renders as an image
+    tools.goto(f"{base}/assets/tiny/trained")
+    tools.wait_for("loss_curve", "loss_history")
+    tools.scroll_to_row("loss_curve")
+    img = "img[alt='training loss over steps']"
+    deadline = time.monotonic() + 20
+    while not tools.evaluate(f"(() => {{ const i = document.querySelector({json.dumps(img)});"
+                             " return !!i && i.complete && i.naturalWidth > 100; })()"):
+        assert time.monotonic() < deadline, "the loss picture did not render"
+        time.sleep(0.5)
+    picture = tools.rect(img)
+    assert picture and picture["width"] > 200 and picture["height"] > 100
+    tools.region("4a-trained-loss-curve", picture)
+    tools.screenshot("4-trained-loss-curve")
+
+    # the evaluation asset: metrics per model variant as a typed table and as markdown
     tools.goto(f"{base}/assets/tiny/evaluation")
-    tools.wait_for("results", "merged/exact_match", "quantized/loss", "base/perplexity")
-    tools.scroll_to_row("results")
-    tools.screenshot("4-evaluation-metrics")
+    tools.wait_for("results_table", "merged/exact_match", "quantized/loss", "base/perplexity")
+    tools.scroll_to_row("results_table")
+    tools.screenshot("5-evaluation-table")
+
+    # its checks: the configured gate with its verdict
     tools.goto(f"{base}/assets/tiny/evaluation?view=checks")
     text = tools.wait_for(*checks, "Passed")
-    assert f"Checks ({len(checks)})" in text
-    tools.screenshot("5-evaluation-checks")
+    assert f"Checks ({len(checks)})" in text and "eval_regression" not in text
+    tools.screenshot("6-evaluation-checks")
 
 
 def test_a_missing_chromium_fails_under_ci_and_skips_loudly_elsewhere(monkeypatch) -> None:

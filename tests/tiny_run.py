@@ -27,6 +27,11 @@ wandb_project:
 """
 
 
+# One gate, continuing TINY_RECIPE's closing `eval:` block: a recipe without gates has no checks (issue 17), and
+# the CLI and browser tests read a check's verdict.
+GATE = "  thresholds: {loss: 100.0}\n"
+
+
 @dataclass
 class TinyRun:
     root: Path
@@ -66,7 +71,7 @@ def _materialize() -> TinyRun:
     recipes = root / "recipes"
     recipes.mkdir()
     recipe = recipes / "tiny.yml"
-    recipe.write_text(TINY_RECIPE.format(data=data) + AXOLOTL_EXTRA)
+    recipe.write_text(TINY_RECIPE.format(data=data) + GATE + AXOLOTL_EXTRA)
     home = root / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")

@@ -51,8 +51,12 @@ def audit(
     tokenizer: Any,
     masker_or_settings: Masker | dict,
     max_rows: int | None = DEFAULT_MAX_ROWS,
+    rows_total: int | None = None,
 ) -> dict:
-    """Check the first `max_rows` rows (None: all); JSON-serialisable report, see `audit_problems`."""
+    """Check the first `max_rows` rows (None: all); JSON-serialisable report, see `audit_problems`.
+
+    `sampled_rows` is how many rows were checked; `rows_total` how many rows the sample was drawn from (the given
+    rows unless the caller passes the asset's row count), so a report never reads as covering rows it did not."""
     masker = (
         masker_or_settings
         if isinstance(masker_or_settings, Masker)
@@ -88,8 +92,9 @@ def audit(
         if problems:
             failures.append({"row": r, "diff": "\n".join(problems)})
     return {
-        "rows_checked": n,
-        "rows_total": len(input_ids),
+        "sampled_rows": n,
+        "rows_total": len(input_ids) if rows_total is None else rows_total,
+        "sample": f"the first {n} of {len(input_ids) if rows_total is None else rows_total} rows",
         "failures": failures,
         "failure_rate": (len(failures) / n) if n else 0.0,
         "zero_supervision_rows": len(zero),
@@ -160,7 +165,7 @@ def audit_problems(
     if report["failure_rate"] > max_failure_rate:
         first = report["failures"][0]
         problems.append(
-            f"mask audit: {len(report['failures'])} of {report['rows_checked']} rows "
+            f"mask audit: {len(report['failures'])} of {report['sampled_rows']} sampled rows "
             f"({report['failure_rate']:.1%}) supervise something other than their trainable messages "
             f"(allowed: {max_failure_rate:.1%}). First, row {first['row']}:\n{first['diff']}\n"
             "Fix: check the chat template and roles_to_train, or set role_boundaries in the recipe."

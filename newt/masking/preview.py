@@ -8,7 +8,10 @@ from typing import Any
 from newt.masking.boundaries import text_tokenizer
 from newt.masking.scanner import IGNORE_INDEX
 
-LEGEND = "**bold** = supervised (contributes to loss) · `code` = masked (label -100) · ⏎ = newline"
+# Trained text is bold, masked text struck through: Dagster's UI renders metadata markdown in a monospace font
+# with no style for code spans and drops raw HTML, so GFM strikethrough is what marks masked text beyond weight.
+# A short legend, so it fits the metadata column.
+LEGEND = "**trained** · ~~`masked`~~ · ⏎ newline"
 _MD_SPECIAL = str.maketrans(
     {c: "\\" + c for c in "\\`*_{}[]()#+-.!|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 )
@@ -26,8 +29,8 @@ def _segments(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[bool, lis
 
 
 def _render(text: str, trained: bool) -> str:
-    """One segment as markdown. Trained text is **bold** and masked text `code`; a newline is ⏎ plus a hard line
-    break, styled like the newline token (bold when trained, code when masked). CommonMark only opens `**` before a non-space and closes it after one, and older renderers (Dagster's
+    """One segment as markdown. Trained text is **bold** and masked text ~~`struck-through code`~~; a newline is ⏎
+    plus a hard line break, styled like the newline token (bold when trained, struck code when masked). CommonMark only opens `**` before a non-space and closes it after one, and older renderers (Dagster's
     UI) do not close it between punctuation and ⏎, so a trained line's surrounding spaces stay outside the
     emphasis and its ⏎ goes inside."""
     lines = text.split("\n")
@@ -43,7 +46,8 @@ def _render(text: str, trained: bool) -> str:
             else:
                 parts.append(f"{lead}**{body.translate(_MD_SPECIAL)}**{trail}")
         elif body or nl:  # a masked newline is code too, so ⏎ never sits right after a closing `**`
-            parts.append(f"`{line.replace('`', 'ˋ')}{nl}`")
+            # struck through around the code span: backticks on both sides keep `~~` flanking in every renderer
+            parts.append(f"~~`{line.replace('`', 'ˋ')}{nl}`~~")
         else:
             parts.append("·" * len(line))  # keep visible spacing of a blank masked line
         if nl:
@@ -80,9 +84,11 @@ def audit_markdown(report: dict) -> str:
         lines.append(f"| {role} | {n:,} | {n / total:.1%} |")
     lines.append("")
     lines.append(
-        f"Audit: {len(report['failures'])} of {report['rows_checked']} checked rows fail "
-        f"({report['failure_rate']:.1%}); {report['zero_supervision_rows']} of {report['rows_total']} rows "
-        f"have no supervised token; {report['dropped_message_count']} messages dropped by the template."
+        f"Audit of a sample ({report.get('sample') or str(report['sampled_rows']) + ' rows'}): "
+        f"{len(report['failures'])} of {report['sampled_rows']} sampled rows fail ({report['failure_rate']:.1%}); "
+        f"{report['zero_supervision_rows']} of them have no supervised token; "
+        f"{report['dropped_message_count']} messages dropped by the template. The asset has "
+        f"{report['rows_total']:,} rows."
     )
     for f in report["failures"][:3]:
         lines += ["", f"Row {f['row']}:", "```", f["diff"], "```"]

@@ -1,0 +1,113 @@
+"""How a stage's outcome reads in the Dagster UI: metadata values built from what the core returned.
+
+- `trained`: the training curve as a PNG embedded in markdown (a `data:` URI, which the asset page renders as an
+  image) and the logged rows as a typed table;
+- `evaluation`: the results as a typed table (one row per model variant) next to the markdown one, and one numeric
+  entry per `<variant>/<metric>`, which the UI plots across materializations;
+- a cache hit reports the same numbers as text, not as numbers: it re-reports an existing artifact, and a number
+  would add an identical point to every plot.
+"""
+
+from __future__ import annotations
+
+import base64
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from newt.config import Recipe
+from newt.pipeline import StageOutcome
+
+TABLE_TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
+
+
+def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
+    from newt.evaluate import flat_metrics, results_table
+
+    meta: dict[str, Any] = {
+        "cache": outcome.cache,
+        "key": outcome.key,
+        "artifact": dg.MetadataValue.path(outcome.uri),
+        "key_inputs": dg.MetadataValue.json(outcome.inputs),
+    }
+    plotted: dict[str, Any] = {}
+    for name, value in outcome.metadata.items():
+        if name == "results":
+            meta["results"] = dg.MetadataValue.md(results_table(value))
+            meta["results_table"] = results_table_value(value)
+            plotted.update(flat_metrics(value))
+        elif name == "loss_history" and isinstance(value, list):
+            meta.update(history_metadata(value))
+        elif name.endswith("_preview") or name.endswith("_markdown"):
+            meta[name] = dg.MetadataValue.md(str(value))
+        elif isinstance(value, (dict, list)):
+            meta[name] = dg.MetadataValue.json(value)
+        elif value is not None:
+            plotted[name] = value
+    for name, value in plotted.items():
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        meta[name] = dg.MetadataValue.text(str(value)) if is_number and outcome.cache == "hit" else value
+    return meta
+
+
+def recipe_link(recipe: Recipe) -> str:
+    """A markdown link to the recipe file (asset descriptions render as markdown)."""
+    if not recipe.source:
+        return f"(recipe {recipe.name})"
+    path = Path(recipe.source).resolve()
+    return f"(recipe [{path.name}]({path.as_uri()}))"
+
+
+def recipe_reference(recipe: Recipe) -> dict[str, Any]:
+    """The recipe file as the asset's code reference: the UI's "source" link next to the definition."""
+    if not recipe.source:
+        return {}
+    with warnings.catch_warnings():  # code references are a beta API: one warning per asset otherwise
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        ref = dg.LocalFileCodeReference(file_path=str(Path(recipe.source).resolve()), label="recipe")
+        return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
+
+
+def history_metadata(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """`loss_curve` (the picture) and `loss_history` (the rows, typed) of the training's logged steps."""
+    from newt.plots import loss_png
+
+    out: dict[str, Any] = {"loss_history": rows_table(history)}
+    png = loss_png(history, title="training loss")
+    if png is not None:
+        out["loss_curve"] = dg.MetadataValue.md(
+            f"![training loss over steps](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return out
+
+
+def rows_table(rows: list[dict[str, Any]]) -> dg.TableMetadataValue:
+    """A typed table of dict rows: one column per key (in first-seen order), typed by its first non-null value."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    types = {n: next((TABLE_TYPES.get(type(r[n]), "string") for r in rows if r.get(n) is not None), "string")
+             for n in names}
+    records = [dg.TableRecord({n: _cell(row.get(n), types[n]) for n in names}) for row in rows]
+    return dg.MetadataValue.table(records, schema=dg.TableSchema([dg.TableColumn(n, types[n]) for n in names]))
+
+
+def _cell(value: Any, kind: str) -> Any:
+    if value is None or kind != "string":
+        return value
+    return str(value)
+
+
+def results_table_value(results: dict[str, dict[str, float]]) -> dg.TableMetadataValue:
+    """One row per evaluated variant, one float column per metric (`rows` as an int)."""
+    names = list(dict.fromkeys(n for m in results.values() for n in m))
+    schema = dg.TableSchema([dg.TableColumn("model", "string"),
+                             *(dg.TableColumn(n, "int" if n in ("rows", "pairs") else "float") for n in names)])
+    records = [dg.TableRecord({"model": variant, **{n: _number(m.get(n), n) for n in names}})
+               for variant, m in results.items()]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def _number(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    return int(value) if name in ("rows", "pairs") else float(value)
