@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe, metric_direction
+from newt.generate import greedy_texts
 from newt.pipeline import StageRun
 
 Results = dict[str, dict[str, float]]  # {variant: {metric: value}}
@@ -67,6 +68,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total_loss, total_tokens = 0.0, 0
     hits: dict[str, int] = {}
+    prompts, answers = [], []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
@@ -80,23 +82,15 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
             loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
             total_loss += float(loss)
             total_tokens += int((shift_labels != -100).sum())
-            # greedy generation of the last assistant turn, left-padded batch
-            prompts, answers = [], []
+            # the prompt of the last assistant turn, for greedy generation below
             for r in batch:
                 conv = json.loads(r["messages"])
                 prompts.append(tokenizer.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
                                                              add_generation_prompt=True))
                 answers.append(str(conv[-1]["content"]))
-            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            width = max(len(e) for e in enc)
-            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc]).to(device)
-            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc]).to(device)
-            out = model.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=recipe.eval.max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            for row_out, answer in zip(out[:, width:], answers):
-                text = tokenizer.decode(row_out, skip_special_tokens=True)
-                for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
-                    hits[name] = hits.get(name, 0) + int(ok)
+    for text, answer in zip(greedy_texts(model, tokenizer, prompts, recipe.eval.max_new_tokens), answers):
+        for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
+            hits[name] = hits.get(name, 0) + int(ok)
     loss = total_loss / max(total_tokens, 1)
     n = max(len(rows), 1)
     return {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50.0)), 4),
