@@ -37,7 +37,7 @@ STAGE_DEFS: dict[str, StageDef] = {
                  "SFT (full, LoRA, QLoRA), DPO, KTO or GRPO run under accelerate."),
         StageDef("merged", ("trained",), ("newt.merge",), "Adapter merged into safetensors weights + tokenizer."),
         StageDef("quantized", ("merged",), ("newt.quantize", "newt.export", "newt.pipeline"), "Quantized/exported model that reloads."),
-        StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate",),
+        StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate", "newt.generate"),
                  "Held-out loss and generation exact match for each model variant; gates are asset checks."),
     )
 }
