@@ -21,6 +21,7 @@ import torch
 from transformers import set_seed
 
 from newt.models import load_processor, load_tokenizer
+from newt.packing import BinCollator, varlen_kernel
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
@@ -61,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     config = SFTConfig(
         **training_kwargs(recipe, output),
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
-        # Packed rows: TRL's padding-free collation, no attention across examples (newt/packing.py).
-        **({"padding_free": True, "max_length": None} if recipe.sample_packing else {}),
+        # Packed rows, no attention across examples (newt/packing.py): flash-attn takes TRL's padding-free batches
+        # (one row, varlen kernel); other kernels take BinCollator's one row per bin.
+        **({"padding_free": varlen_kernel(recipe.attn_implementation), "max_length": None}
+           if recipe.sample_packing else {}),
         # Multimodal: keep the `images` column for VisionCollator (the model's forward does not name it).
         **({"remove_unused_columns": False} if recipe.processor_type else {}),
     )
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     mean_len = sum(len(x) for x in train["input_ids"]) / max(len(train), 1)
     stream = StreamMetrics(reporter, mean_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
+    if recipe.sample_packing and not varlen_kernel(recipe.attn_implementation):
+        collator = BinCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        stream.count_tokens = collator.real_tokens
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                          data_collator=collator, peft_config=peft_config(recipe), callbacks=[stream])
     checkpoint, resumed_from = last_checkpoint(output)
