@@ -145,7 +145,8 @@ class StreamMetrics(TrainerCallback):
         self.start = time.perf_counter()
         self.first_step: int | None = None
         self.history: list[dict] = []
-        # (micro batches consumed on this process) -> real tokens, where TRL's own num_tokens miscounts (packing)
+        # (micro batches consumed on this process) -> real tokens, where TRL's own num_tokens miscounts (BinCollator);
+        # times the world size: exact on one process, shards of equal size assumed on several
         self.count_tokens: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
