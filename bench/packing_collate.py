@@ -7,7 +7,7 @@ Each step takes `--batch` rows (padded) or `--batch` bins (packed):
 - padded:       TRL's DataCollatorForLanguageModeling, rows right-padded to the longest of the batch;
 - padding-free: TRL's padding_free=True, the whole micro batch concatenated into ONE row; through sdpa that row gets
                 a block-diagonal mask and attention costs (batch × seq)²;
-- bins:         newt.packing.BinCollator, one batch row per bin (what newt's SFT child uses on sdpa/eager).
+- bins:         newt.train.packed.BinCollator, one batch row per bin (what newt's SFT child uses on sdpa/eager).
 
 Effective tokens/s = real (unpadded) tokens / forward+backward seconds. Collations are interleaved per repeat and
 medians printed, so background load hits all three alike.
@@ -42,7 +42,8 @@ def main() -> None:
 
     from newt.masking import Masker
     from newt.models import load_tokenizer
-    from newt.packing import BinCollator, best_fit_decreasing, fill
+    from newt.packing import best_fit_decreasing, fill
+    from newt.train.packed import BinCollator
     from newt.synthetic import reversal_rows
 
     tok = load_tokenizer("builtin:tiny-llama")

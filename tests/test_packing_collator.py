@@ -10,7 +10,7 @@ from test_packing import _rows, _token_loss_sum
 from test_train import materialize_trained
 
 from newt.config import load_recipe
-from newt.packing import BinCollator, varlen_kernel
+from newt.train.packed import BinCollator, varlen_kernel
 
 
 def test_bins_become_rows_with_positions_restarting_per_example() -> None:

@@ -22,7 +22,7 @@ import torch
 from transformers import set_seed
 
 from newt.models import load_processor, load_tokenizer
-from newt.packing import BinCollator, varlen_kernel
+from newt.train.packed import BinCollator, varlen_kernel
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
