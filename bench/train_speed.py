@@ -10,7 +10,11 @@
 Tokens/s = TRL's logged `num_tokens` (real tokens seen) / `train_runtime` (the trainer's own clock: model loading
 and process start-up are excluded for both sides alike).
 
-    .venv/bin/python bench/train_speed.py [--model builtin:tiny-llama] [--steps 40] [--batch 8] [--seq 256]
+Runs are interleaved (newt, plain, newt, plain, ...; packed, unpacked, ...) so background load hits both sides
+alike; each side's median is printed with every run, and the ratio is the median of the per-pair ratios. The two
+halves of the pairs must agree within 5 % for a ratio to be worth stating: the script says whether they do.
+
+    .venv/bin/python bench/train_speed.py [--model builtin:tiny-llama] [--steps 120] [--repeats 4] [--seq 256]
 """
 
 from __future__ import annotations
@@ -115,17 +119,39 @@ def tps(r: dict) -> float:
     return r["num_tokens"] / r["train_runtime_s"]
 
 
+def interleaved(label_a: str, run_a, label_b: str, run_b, repeats: int, unit: str) -> float:
+    """Run a, b, a, b, ... (background load then hits both sides alike) and print each side's median tokens/s, the
+    per-pair ratios a/b and whether the first and second half of the pairs agree within 5 %. Returns the median
+    ratio."""
+    import statistics
+
+    a, b = [], []
+    for i in range(repeats):
+        a.append(tps(run_a(i)))
+        b.append(tps(run_b(i)))
+    ratios = [x / y for x, y in zip(a, b)]
+    half = max(len(ratios) // 2, 1)
+    first, second = statistics.median(ratios[:half]), statistics.median(ratios[half:] or ratios[:half])
+    agree = abs(first - second) / max(first, second) <= 0.05
+    print(f"{label_a:<14} {statistics.median(a):10.1f} {unit}   (runs: {[round(x, 1) for x in a]})")
+    print(f"{label_b:<14} {statistics.median(b):10.1f} {unit}   (runs: {[round(x, 1) for x in b]})")
+    print(f"  pair ratios {label_a}/{label_b}: {[round(r, 3) for r in ratios]}; halves {first:.3f} vs {second:.3f}: "
+          f"{'agree within 5 %' if agree else 'DO NOT agree within 5 % (noisy machine: more --repeats or --steps)'}")
+    return statistics.median(ratios)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="random-small",
                    help="a model name/path, or random-small: a random 4-layer hidden-256 Llama (≈3M parameters, "
                         "enough compute per step to time on a CPU; the 140k-parameter builtin is too small)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps per run (40 were too few to agree)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--rows", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the best of each is kept")
+    p.add_argument("--rows", type=int, default=4000)
+    p.add_argument("--repeats", type=int, default=4, help="interleaved runs per side; medians are reported")
     p.add_argument("--no-packing", action="store_true", help="skip the packed vs unpacked comparison")
+    p.add_argument("--no-plain", action="store_true", help="skip the newt vs plain TRL comparison")
     a = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from newt.config import Recipe
@@ -142,16 +168,13 @@ def main() -> None:
             f"lora_alpha: 16\nmicro_batch_size: {a.batch}\nmax_steps: {a.steps}\nlearning_rate: 0.0002\n"
             f"lr_scheduler: constant\nlogging_steps: 1\nsave_steps: 100000\n")
     recipe, prepared = prepare(base, tmp / "unpacked")
-    newt_runs, plain_runs = [], []
-    for i in range(a.repeats):  # alternate, so background load hits both sides alike
-        newt_runs.append(run_newt(recipe, prepared, tmp / f"newt{i}"))
-        plain_runs.append(run_plain(resolve(a.model), prepared, tmp / f"plain{i}", a.steps, a.batch, 2e-4, 42))
-    best_newt, best_plain = max(map(tps, newt_runs)), max(map(tps, plain_runs))
     print(f"model {a.model}, {a.steps} steps × batch {a.batch}, sequence_len {a.seq}, device "
-          f"{'cuda' if _cuda() else 'cpu'}")
-    print(f"newt SFT       {best_newt:10.1f} tokens/s   (runs: {[round(tps(r), 1) for r in newt_runs]})")
-    print(f"plain TRL SFT  {best_plain:10.1f} tokens/s   (runs: {[round(tps(r), 1) for r in plain_runs]})")
-    print(f"ratio newt/plain = {best_newt / best_plain:.3f}  (goal ≥ 0.95)")
+          f"{'cuda' if _cuda() else 'cpu'}, load average {os.getloadavg()[0]:.1f}")
+    if not a.no_plain:
+        ratio = interleaved("newt SFT", lambda i: run_newt(recipe, prepared, tmp / f"newt{i}"), "plain TRL SFT",
+                            lambda i: run_plain(resolve(a.model), prepared, tmp / f"plain{i}", a.steps, a.batch,
+                                                2e-4, 42), a.repeats, "tokens/s")
+        print(f"ratio newt/plain = {ratio:.3f}  (median of pairs; goal ≥ 0.95)")
 
     if a.no_packing:
         return
@@ -159,11 +182,10 @@ def main() -> None:
         print("packed vs unpacked: skipped (this newt has no sample_packing key)")
         return
     packed_recipe, packed = prepare(base + "sample_packing: true\n", tmp / "packed")
-    unpacked_r = [run_newt(recipe, prepared, tmp / f"u{i}") for i in range(a.repeats)]
-    packed_r = [run_newt(packed_recipe, packed, tmp / f"p{i}") for i in range(a.repeats)]
-    u, pk = max(map(tps, unpacked_r)), max(map(tps, packed_r))
-    print(f"unpacked       {u:10.1f} effective tokens/s (real tokens, padding excluded)")
-    print(f"packed         {pk:10.1f} effective tokens/s   speed-up {pk / u:.2f}×")
+    speedup = interleaved("packed", lambda i: run_newt(packed_recipe, packed, tmp / f"p{i}"), "unpacked",
+                          lambda i: run_newt(recipe, prepared, tmp / f"u{i}"), a.repeats,
+                          "effective tokens/s (real tokens, padding excluded)")
+    print(f"packing: effective tokens/s packed/unpacked = {speedup:.2f}x  (median of pairs; goal ≥ 1.2)")
 
 
 if __name__ == "__main__":

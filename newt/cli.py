@@ -139,64 +139,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # --- preview ---------------------------------------------------------------------------------------------------
 
-GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
-
-
-def render_row(ids: list[int], labels: list[int], tokenizer: Any, color: bool) -> str:
-    """Trained spans bold green and masked spans dim; without color, trained spans are wrapped in ⟦…⟧."""
-    spans: list[tuple[bool, list[int]]] = []
-    for t, label in zip(ids, labels):
-        trained = label != IGNORE
-        if spans and spans[-1][0] == trained:
-            spans[-1][1].append(t)
-        else:
-            spans.append((trained, [t]))
-    out = []
-    for trained, toks in spans:
-        text = tokenizer.decode(toks)
-        if color:
-            out.append(f"{BOLD}{GREEN}{text}{RESET}" if trained else f"{DIM}{text}{RESET}")
-        else:
-            out.append(f"⟦{text}⟧" if trained else text)
-    return "".join(out)
+from newt.preview import render_row  # noqa: E402,F401 - the preview's row renderer, importable from here as before
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from newt import models
     from newt.config import load_recipe
-    from newt.masking.boundaries import text_tokenizer
-    from newt.pipeline import plan, run_stage
-    from newt.prepare import load_prepared
+    from newt.preview import preview
 
     recipe = load_recipe(args.recipe)
-    store = _store()
-    keys = plan(recipe, ("prepared",))
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr)
-
-    for stage in ("dataset", "prepared"):  # cache hits when built; otherwise built (and kept) now
-        outcome = run_stage(recipe, stage, store, keys=keys, log=log)
-        print(f"{stage}: {outcome.cache} {outcome.key}", file=sys.stderr)
-    rows = load_prepared(store.local_path("prepared", keys["prepared"].key), args.split)
-    tok = text_tokenizer(
-        models.load_tokenizer(
-            recipe.tokenizer_config or recipe.base_model, trust_remote_code=recipe.trust_remote_code
-        )
-    )
-    color = _color(sys.stdout, args.no_color)
-    legend = (
-        f"{BOLD}{GREEN}trained{RESET} · {DIM}masked (label -100){RESET}"
-        if color
-        else "⟦trained⟧ · masked (label -100)"
-    )
-    print(f"recipe {recipe.name}, split {args.split}: {len(rows)} rows; legend: {legend}")
-    for r in range(min(args.rows, len(rows))):
-        ids, labels = list(rows[r]["input_ids"]), list(rows[r]["labels"])
-        supervised = sum(1 for x in labels if x != IGNORE)
-        print(f"\n── row {r}: {len(ids)} tokens, {supervised} trained " + "─" * 20)
-        print(render_row(ids, labels, tok, color))
-    return 0
+    return preview(recipe, _store(), rows=args.rows, split=args.split, color=_color(sys.stdout, args.no_color))
 
 
 # --- run, ui: the verbs that need Dagster live in the Dagster layer (jobs/cli.py) -------------------------------

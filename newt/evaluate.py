@@ -28,6 +28,7 @@ from typing import Any
 
 from newt import IGNORE_INDEX
 from newt.config import Recipe, metric_direction
+from newt.generate import generate_answers
 from newt.stage import StageRun
 
 Results = dict[str, dict[str, float]]  # {variant: {metric: value}}
@@ -86,30 +87,6 @@ def answer_prompt(row: dict, tokenizer: Any, template: str) -> tuple[str, str]:
     return prompt, str(conv[-1]["content"])
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-                     batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuation of each prompt: the generated token ids, up to and including the first end-of-sequence
-    token (absent when the budget ran out). The one generation call of the evaluation stage."""
-    import torch
-
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-    out: list[list[int]] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            # greedy generation, left-padded batch
-            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
-            width = max(len(e) for e in enc)
-            gen_ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc]).to(device)
-            gen_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc]).to(device)
-            gen = model.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=eos)
-            for row in gen[:, width:].tolist():
-                out.append(row[: row.index(eos) + 1] if eos in row else row)
-    return out
-
-
 def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template: str, batch_size: int = 32) -> dict:
     import torch
 
@@ -118,6 +95,7 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total_loss, total_tokens = 0.0, 0
     hits: dict[str, int] = {}
+    prompts, answers = [], []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
@@ -133,8 +111,8 @@ def score(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, template
             total_tokens += int((shift_labels != IGNORE_INDEX).sum())
     if generates(recipe):
         prompts, answers = zip(*(answer_prompt(r, tokenizer, template) for r in rows)) if rows else ((), ())
-        for ids, answer in zip(generate_answers(model, tokenizer, list(prompts), recipe.eval.max_new_tokens,
-                                                batch_size), answers):
+        for ids, answer in zip(generate_answers(model, tokenizer, list(prompts), recipe.eval.max_new_tokens),
+                               answers):
             text = tokenizer.decode(ids, skip_special_tokens=True)
             for name, ok in answer_scores(text, answer, recipe.eval.answer_regex).items():
                 hits[name] = hits.get(name, 0) + int(ok)

@@ -17,7 +17,7 @@ from typing import Any
 
 
 def scores(model: Any, tokenizer: Any, rows: list[dict], recipe: Any, context: Any) -> dict[str, float]:
-    from newt.evaluate import generate_answers
+    from newt.generate import generate_answers
     from newt.rewards import resolve
 
     cfg = recipe.trl

@@ -111,6 +111,9 @@ class StreamMetrics(TrainerCallback):
         self.first_step: int | None = None
         self.history: list[dict] = []
         self.eval_history: list[dict] = []  # held-out loss during training (evals_per_epoch / eval_steps)
+        # (micro batches consumed on this process) -> real tokens, where TRL's own num_tokens miscounts (BinCollator);
+        # times the world size: exact on one process, shards of equal size assumed on several
+        self.count_tokens: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
@@ -131,6 +134,9 @@ class StreamMetrics(TrainerCallback):
                "tokens_per_second": round(self.tokens_per_step * steps / elapsed, 1)}
         if "num_tokens" in logs:  # TRL's count of real (unpadded) tokens seen so far, all processes
             row["num_tokens"] = int(float(logs["num_tokens"]))
+        if self.count_tokens is not None:
+            micro = steps * args.gradient_accumulation_steps
+            row["num_tokens"] = int(self.count_tokens(micro)) * max(int(args.world_size), 1)
         for extra in ("rewards/chosen", "rewards/margins", "reward", "kl"):
             if extra in logs:
                 row[extra.replace("/", "_")] = round(float(logs[extra]), 5)

@@ -17,11 +17,13 @@ tokenizer), `metrics.json`.
 
 from __future__ import annotations
 
+import pyarrow.compute as pc
 import torch
 from transformers import set_seed
 
 from newt import IGNORE_INDEX
 from newt.models import load_processor, load_tokenizer
+from newt.train.packed import BinCollator, varlen_kernel
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
@@ -65,15 +67,22 @@ def main(argv: list[str] | None = None) -> None:
     config = SFTConfig(
         **training_kwargs(recipe, output, has_eval=eval_split is not None),
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
-        # Packed rows: TRL's padding-free collation, no attention across examples (newt/packing.py).
-        **({"padding_free": True, "max_length": None} if recipe.sample_packing else {}),
+        # Packed rows, no attention across examples (newt/packing.py): flash-attn takes TRL's padding-free batches
+        # (one row, varlen kernel); other kernels take BinCollator's one row per bin.
+        **({"padding_free": varlen_kernel(recipe.attn_implementation), "max_length": None}
+           if recipe.sample_packing else {}),
         # Multimodal: keep the `images` column for VisionCollator (the model's forward does not name it).
         **({"remove_unused_columns": False} if recipe.processor_type else {}),
     )
     world = max(int(config.world_size), 1)
-    mean_len = sum(len(x) for x in train["input_ids"]) / max(len(train), 1)
+    # Lengths from the Arrow column itself: no Python list of every row (seconds on large data).
+    lengths = pc.list_value_length(train.with_format("arrow")["input_ids"])
+    mean_len = float(pc.sum(lengths).as_py() or 0) / max(len(train), 1)
     stream = StreamMetrics(reporter, mean_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
+    if recipe.sample_packing and not varlen_kernel(recipe.attn_implementation):
+        collator = BinCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        stream.count_tokens = collator.real_tokens
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
                          processing_class=tokenizer, data_collator=collator,
                          peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
