@@ -22,8 +22,8 @@ from typing import Any
 _OFF = (None, False, "", [], {})
 
 _TRACKING = (
-    "experiment trackers are not integrated; per-step metrics go to the Dagster run log and the trained "
-    "asset's metadata"
+    "this tracker setting is not supported; newt's trackers are report_to: [mlflow, wandb, tensorboard] with "
+    "the wandb_*/mlflow_* keys (docs/tracking.md)"
 )
 _OUTPUT = "artifacts live in newt's content-addressed store (NEWT_STORE), one folder per stage key; remove it"
 _EVAL_DURING_TRAINING = "newt evaluates after training in the `evaluation` stage (eval.*); remove it"
@@ -37,7 +37,6 @@ UNSUPPORTED: dict[str, str] = {
     "push_dataset_to_hub": "newt does not publish datasets; remove it",
     "hub_model_id": "newt does not push to the hub; publish the `merged` or `quantized` artifact yourself",
     "hub_strategy": "newt does not push to the hub; remove it",
-    "resume_from_checkpoint": "the trained stage resumes by itself from its work folder (save_steps); remove it",
     "auto_resume_from_checkpoints": "the trained stage always resumes from its last checkpoint; remove it",
     "model_type": "newt loads every model with AutoModelForCausalLM, or AutoModelForImageTextToText for a "
     "vision-language model; remove it",
@@ -72,18 +71,10 @@ UNSUPPORTED: dict[str, str] = {
     "added_tokens_overrides": "newt does not change the vocabulary; remove it",
     "chat_template_kwargs": "not supported; put the template you want in chat_template_jinja",
     "default_system_message": "not supported; put the system turn in the data or the template",
-    "wandb_project": _TRACKING,
-    "wandb_entity": _TRACKING,
-    "wandb_name": _TRACKING,
-    "wandb_run_id": _TRACKING,
     "wandb_watch": _TRACKING,
     "wandb_log_model": _TRACKING,
-    "wandb_mode": _TRACKING,
-    "mlflow_tracking_uri": _TRACKING,
-    "mlflow_experiment_name": _TRACKING,
     "comet_api_key": _TRACKING,
     "comet_project_name": _TRACKING,
-    "use_tensorboard": _TRACKING,
     "eval_steps": _EVAL_DURING_TRAINING,
     "evals_per_epoch": _EVAL_DURING_TRAINING,
     "eval_strategy": _EVAL_DURING_TRAINING,
@@ -174,6 +165,7 @@ RENAMES: dict[str, Callable[[Any], dict[str, Any]]] = {
     "eager_attention": _attn("eager"),
     "dataset_processes": lambda v: {"dataset_num_proc": v} if v else {},
     "eval_batch_size": lambda v: {},  # newt scores held-out rows one at a time
+    "reward_model": lambda v: {"rl": "reward"} if v else {},  # issue 18: TRL RewardTrainer (newt/train/reward.py)
 }
 
 DATASET_RENAMES: dict[str, Callable[[Any], dict[str, Any]]] = {

@@ -324,8 +324,9 @@ class Recipe(Strict):
     )
 
     # method (docs/training.md). Names follow Axolotl: rl, rl_beta, trl.{num_generations, ...}.
-    rl: Literal["dpo", "kto", "grpo"] | None = knob(
-        None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers); null = supervised fine-tuning.",
+    rl: Literal["dpo", "kto", "grpo", "reward"] | None = knob(
+        None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers), `reward` (a reward model: "
+        "sequence-classification head trained on chosen/rejected pairs); null = supervised fine-tuning.",
         "prepared", "trained",
     )
     rl_beta: float = knob(0.1, "DPO/KTO/GRPO beta: strength of the pull towards the reference model.", "trained", ge=0)
@@ -360,6 +361,32 @@ class Recipe(Strict):
     merge: MergeConfig = knob(MergeConfig(), "Merge stage settings.", "merged")
     quantize: QuantizeConfig = knob(QuantizeConfig(), "Quantize stage settings.", "quantized")
     eval: EvalConfig = knob(EvalConfig(), "Evaluation stage settings and gates.", "evaluation")
+
+    # issue 18: tracking. No stage tag on any of these: they decide where metrics go, not what is trained
+    # (newt/tracking.py turns them into transformers' `report_to` and the trackers' environment variables).
+    report_to: list[Literal["mlflow", "wandb", "tensorboard"]] = knob(
+        [], "Experiment trackers that receive every logged training step; the wandb_*/mlflow_*/use_tensorboard "
+        "keys below also switch their tracker on (as in Axolotl).",
+    )
+    wandb_project: str | None = knob(None, "Weights & Biases project; setting it turns W&B tracking on.")
+    wandb_entity: str | None = knob(None, "W&B entity (team or user); default: the API key's default entity.")
+    wandb_name: str | None = knob(None, "Tracker run name (W&B and MLflow); default: the recipe's name.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = knob(
+        None, "W&B mode: `offline` writes the run folder locally (`wandb sync` uploads it later).",
+    )
+    wandb_run_id: str | None = knob(None, "W&B run id to create or continue (resumes that run's charts).")
+    mlflow_tracking_uri: str | None = knob(
+        None, "MLflow tracking server (http://host:port) or store URI; setting it turns MLflow tracking on. "
+        "Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN in the environment, never the recipe.",
+    )
+    mlflow_experiment_name: str | None = knob(
+        None, "MLflow experiment (created when missing); default: the recipe's name. Turns MLflow tracking on."
+    )
+    use_tensorboard: bool = knob(False, "Write TensorBoard event files (under NEWT_TRACKING_DIR, see docs/tracking.md).")
+    resume_from_checkpoint: str | bool | None = knob(
+        None, "Resume training from this Trainer checkpoint folder (local path or fsspec URL); `true` = the newest "
+        "checkpoint of the stage's own work folder (what a relaunch after a crash does anyway). Not part of any key.",
+    )
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)

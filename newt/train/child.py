@@ -32,6 +32,8 @@ class ChildArgs:
     data: Path
     output: Path
     base_model: str
+    recipe_name: str = "recipe"  # the recipe file's stem: names the tracker run (newt/tracking.py)
+    stage_key: str = ""  # the `trained` key, put on the tracker run
 
 
 def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
@@ -40,6 +42,8 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
     parser.add_argument("--data", required=True, help="prepared artifact folder")
     parser.add_argument("--output", required=True, help="output folder (checkpoints are kept in it until the end)")
     parser.add_argument("--base-model", help="local folder or hub name overriding recipe.base_model")
+    parser.add_argument("--recipe-name", default="recipe", help="recipe name (tracker run name)")
+    parser.add_argument("--stage-key", default="", help="the trained stage's key (a tracker run parameter)")
     args = parser.parse_args(argv)
     text = Path(args.recipe).read_text()
     recipe = Recipe.model_validate(json.loads(text) if args.recipe.endswith(".json") else yaml.safe_load(text))
@@ -48,7 +52,8 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
         raise SystemExit("recipe settings cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    return ChildArgs(recipe, Path(args.data), output, args.base_model or recipe.base_model)
+    return ChildArgs(recipe, Path(args.data), output, args.base_model or recipe.base_model, args.recipe_name,
+                     args.stage_key)
 
 
 def load_base(recipe: Recipe, base: str) -> Any:
@@ -86,8 +91,9 @@ def peft_config(recipe: Recipe) -> Any:
     )
 
 
-def training_kwargs(recipe: Recipe, output: Path) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig)."""
+def training_kwargs(recipe: Recipe, output: Path, track: Any = None) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig); `track` is the
+    child's `newt.tracking.Tracking` (report_to, run_name)."""
     import torch
 
     return {
@@ -106,7 +112,7 @@ def training_kwargs(recipe: Recipe, output: Path) -> dict[str, Any]:
         "logging_steps": recipe.logging_steps,
         "save_strategy": "steps",
         "save_steps": recipe.save_steps,
-        "report_to": "none",
+        **(track.kwargs if track is not None else {"report_to": "none"}),
         "use_cpu": not torch.cuda.is_available(),
         "bf16": recipe.mixed_precision == "bf16",
         "fp16": recipe.mixed_precision == "fp16",
@@ -165,6 +171,7 @@ class StreamMetrics(TrainerCallback):
             if extra in logs:
                 row[extra.replace("/", "_")] = round(float(logs[extra]), 5)
         self.history.append(row)
+        logs["tokens_per_second"] = row["tokens_per_second"]  # the trackers' callbacks run after this one
         self.reporter.log(" ".join(f"{k}={v}" for k, v in row.items()))
 
 
@@ -196,4 +203,5 @@ def save_final(trainer: Any, tokenizer: Any, output: Path, adapter: bool) -> Pat
     trainer.model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(output / "resume-from", ignore_errors=True)  # a remote resume_from_checkpoint's local copy
     return target

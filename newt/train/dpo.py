@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from transformers import set_seed
 
+from newt import tracking
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -27,6 +27,7 @@ from newt.train.child import (
     training_kwargs,
 )
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
 
     # 2. tokenizer, model, data
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         method_kwargs = {"beta": recipe.rl_beta, "loss_type": list(recipe.dpo_loss_type),
                          "max_length": recipe.sequence_len}
         text_columns = ("prompt", "chosen", "rejected")
-    config = Config(**training_kwargs(recipe, output), **method_kwargs)
+    config = Config(**training_kwargs(recipe, output, track), **method_kwargs)
     world = max(int(config.world_size), 1)
     # Tokens per row ≈ the prompt plus each completion, measured on the text the trainer will tokenize.
     sample = train.select(range(min(len(train), 64)))
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     trainer = Trainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                       peft_config=peft_config(recipe), callbacks=[stream])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["rl_beta"] = recipe.rl_beta
         if recipe.rl == "dpo":
             metrics["dpo_loss_type"] = list(recipe.dpo_loss_type)
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 

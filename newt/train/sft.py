@@ -20,12 +20,12 @@ from __future__ import annotations
 import torch
 from transformers import set_seed
 
+from newt import tracking
 from newt.models import load_processor, load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -33,6 +33,7 @@ from newt.train.child import (
     training_kwargs,
 )
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
 
     # 2. tokenizer (or multimodal processor), model, data
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl import SFTConfig, SFTTrainer
 
     config = SFTConfig(
-        **training_kwargs(recipe, output),
+        **training_kwargs(recipe, output, track),
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
         # Packed rows: TRL's padding-free collation, no attention across examples (newt/packing.py).
         **({"padding_free": True, "max_length": None} if recipe.sample_packing else {}),
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                          data_collator=collator, peft_config=peft_config(recipe), callbacks=[stream])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         save_final(trainer, tokenizer, output, adapter=recipe.adapter is not None)
         metrics = final_metrics("sft", recipe, trainer, result, stream, len(train), resumed_from)
         metrics["cuda"] = torch.cuda.is_available()
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 
