@@ -125,6 +125,8 @@ class QuantizeConfig(Strict):
 
 # Built-in metrics and their direction: "min" = higher is better (a threshold is a minimum), "max" = lower is better.
 EVAL_METRICS = {"exact_match": "min", "contains": "min", "regex_match": "min", "loss": "max", "perplexity": "max"}
+# issue 18: reward models (newt/eval/reward.py): share of held-out pairs scored chosen > rejected, mean score gap
+EVAL_METRICS |= {"pairwise_accuracy": "min", "reward_margin": "min"}
 _LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
 
 

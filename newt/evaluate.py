@@ -144,6 +144,10 @@ def build(run: StageRun) -> dict[str, Any]:
     from newt.prepare import load_prepared
 
     recipe = run.recipe
+    if recipe.rl == "reward":  # issue 18: pairwise accuracy of a reward model (newt/eval/reward.py)
+        from newt.eval import reward
+
+        return reward.build(run)
     if recipe.rl:
         # Preference and prompt-only rows have no reference answer to score against (not built yet).
         raise ValueError(

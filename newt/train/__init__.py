@@ -30,6 +30,7 @@ METHOD_COLUMNS = {
     "dpo": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion", "label"),
     "grpo": ("prompt",),
+    "reward": ("prompt", "chosen", "rejected"),
 }
 
 

@@ -167,7 +167,7 @@ class StreamMetrics(TrainerCallback):
                "tokens_per_second": round(self.tokens_per_step * steps / elapsed, 1)}
         if "num_tokens" in logs:  # TRL's count of real (unpadded) tokens seen so far, all processes
             row["num_tokens"] = int(float(logs["num_tokens"]))
-        for extra in ("rewards/chosen", "rewards/margins", "reward", "kl"):
+        for extra in ("rewards/chosen", "rewards/margins", "reward", "kl", "accuracy"):
             if extra in logs:
                 row[extra.replace("/", "_")] = round(float(logs[extra]), 5)
         self.history.append(row)
