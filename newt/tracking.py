@@ -46,6 +46,20 @@ def trackers(recipe: Recipe) -> list[str]:
     return [t for t in TRACKERS if t in on]
 
 
+PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+def check(recipe: Recipe) -> None:
+    """Fail before launch, naming the extra to install, when a tracker the recipe asks for is not installed."""
+    import importlib.util
+
+    missing = [name for name in trackers(recipe) if importlib.util.find_spec(PACKAGES[name]) is None]
+    if missing:
+        raise ValueError(f"the recipe reports to {', '.join(missing)} (report_to / wandb_* / mlflow_* / "
+                         f"use_tensorboard) but {' and '.join(missing)} is not installed; pip install "
+                         "'newt[tracking]', or switch that tracker off")
+
+
 def tracking_dir() -> Path:
     return Path(os.environ.get("NEWT_TRACKING_DIR", ".newt/tracking")).expanduser().resolve()
 

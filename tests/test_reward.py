@@ -66,7 +66,9 @@ def test_reward_model_learns_the_pairs_and_the_gate_reads_its_accuracy(tmp_path:
     assert trained["method"] == "reward" and trained["global_step"] == 40 and trained["train_rows"] == 200
     adapter = json.loads((store.local_path("trained", keys["trained"].key) / "adapter" / "adapter_config.json")
                          .read_text())
-    assert adapter["task_type"] == "SEQ_CLS" and sorted(adapter["modules_to_save"]) == ["embed_tokens", "score"]
+    # PEFT adds its own SEQ_CLS head names (classifier, score) to the recipe's; lm_head is gone
+    assert adapter["task_type"] == "SEQ_CLS" and {"embed_tokens", "score"} <= set(adapter["modules_to_save"])
+    assert "lm_head" not in adapter["modules_to_save"]
 
     merged = store.local_path("merged", keys["merged"].key) / "model"
     assert json.loads((merged / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
@@ -91,3 +93,14 @@ def test_axolotl_reward_model_true_is_rl_reward() -> None:
     assert recipe.rl == "reward"
     assert any(n.startswith("reward_model: True read as rl: 'reward'") for n in recipe.notes)
     assert parse_recipe("base_model: m\ndatasets: [{path: d.jsonl}]\nreward_model: false\n").rl is None
+
+
+def test_the_example_recipe_prepares_pairs(tmp_path: Path, monkeypatch) -> None:
+    from test_train_rl import prepared_rows
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # example paths are relative to the repository root
+    recipe = load_recipe(root / "recipes" / "examples" / "reward.yaml")
+    meta, rows = prepared_rows(recipe, tmp_path / "store")
+    assert recipe.rl == "reward" and meta["rows_train"] == 4 and meta["rows_validation"] == 1
+    assert all(r["prompt"].endswith("<|im_start|>assistant\n") and r["chosen"] != r["rejected"] for r in rows)

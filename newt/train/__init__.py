@@ -142,7 +142,10 @@ def build(run: StageRun) -> dict[str, Any]:
     check_prepared(run.recipe, run.upstream["prepared"])
     from newt.train import resume
 
-    resume.check(run.recipe)  # a wrong resume_from_checkpoint fails now, not after the model has loaded
+    resume.check(run.recipe, run.workdir)  # a wrong resume_from_checkpoint fails now, not after the model has loaded
+    from newt import tracking
+
+    tracking.check(run.recipe)  # a tracker that is not installed, likewise
     if run.recipe.rl == "grpo":  # a misnamed reward fails now, not after the model has loaded
         from newt import rewards
 

@@ -30,9 +30,12 @@ def _fs(path: str):
     return fsspec.core.url_to_fs(path)
 
 
-def check(recipe: Recipe) -> None:
-    """Fail before launch when `resume_from_checkpoint` names something that is not a complete checkpoint."""
+def check(recipe: Recipe, output: Path | None = None) -> None:
+    """Fail before launch when `resume_from_checkpoint` names something that is not a complete checkpoint (or is
+    `true` while the work folder `output` holds none)."""
     target = recipe.resume_from_checkpoint
+    if target is True and output is not None:
+        _nothing_to_resume(Path(output))
     if not isinstance(target, str):
         return
     fs, root = _fs(target)
@@ -43,6 +46,14 @@ def check(recipe: Recipe) -> None:
         raise ResumeError(f"resume_from_checkpoint: {target!r} has no {STATE}, so it is not a complete Trainer "
                           "checkpoint (an interrupted save, or the folder above the checkpoint-<step> folders); "
                           "point it at one checkpoint-<step> folder")
+
+
+def _nothing_to_resume(output: Path) -> None:
+    from newt.train.child import last_checkpoint
+
+    if last_checkpoint(output)[0] is None:
+        raise ResumeError(f"resume_from_checkpoint: true, but {output}/checkpoints holds no complete checkpoint "
+                          "to resume from; give the checkpoint folder's path instead, or remove the key")
 
 
 def step_of(folder: Path) -> int:
@@ -60,8 +71,7 @@ def resume_point(recipe: Recipe, output: Path) -> tuple[str | None, int]:
     if own or target is None or target is False:
         return own, step
     if target is True:
-        raise ResumeError(f"resume_from_checkpoint: true, but {output}/checkpoints holds no complete checkpoint "
-                          "to resume from; give the checkpoint folder's path instead, or remove the key")
+        _nothing_to_resume(output)
     check(recipe)
     fs, root = _fs(target)
     from fsspec.implementations.local import LocalFileSystem
