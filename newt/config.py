@@ -390,6 +390,15 @@ class Recipe(Strict):
         "checkpoint of the stage's own work folder (what a relaunch after a crash does anyway). Not part of any key.",
     )
 
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # The recipe is copied into the artifact and onto the tracker run: a password in it would travel too.
+        if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("the URI carries credentials (user:password@); remove them and export "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+        return value
+
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)
     _notes: list[str] = PrivateAttr(default_factory=list)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from newt.config import parse_recipe
+from newt.config import RecipeError, parse_recipe
 
 SECRET = "wandb-secret-in-env-0123456789"
 
@@ -117,12 +117,16 @@ def test_tracker_keys_switch_trackers_on_and_stay_out_of_every_key() -> None:
     assert trackers(parse_recipe(base + "mlflow_experiment_name: e\nreport_to: [wandb]\nwandb_mode: disabled\n")) \
         == ["mlflow"]
     tracked = parse_recipe(base + "report_to: [mlflow, wandb, tensorboard]\nwandb_entity: team\nwandb_name: n\n"
-                           "wandb_run_id: abc\nmlflow_tracking_uri: http://u:pw@host:5000\n"
+                           "wandb_run_id: abc\nmlflow_tracking_uri: http://host:5000\n"
                            "resume_from_checkpoint: true\n")
     assert trackers(tracked) == ["mlflow", "wandb", "tensorboard"]
     for stage in STAGES:
         assert stage_fields(tracked, stage) == stage_fields(parse_recipe(base), stage), stage
-    assert public_uri("http://u:pw@host:5000/x") == "http://host:5000/x"
+    assert public_uri("http://u:pw@host:5000/x") == "http://host:5000/x"  # e.g. from MLFLOW_TRACKING_URI
+    with pytest.raises(RecipeError, match=r"mlflow_tracking_uri: got 'http://u:pw@host:5000'; the URI carries "
+                                          r"credentials \(user:password@\); remove them and export "
+                                          r"MLFLOW_TRACKING_USERNAME"):
+        parse_recipe(base + "mlflow_tracking_uri: http://u:pw@host:5000\n")
     assert public_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
 
 
