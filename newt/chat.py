@@ -52,8 +52,8 @@ def stage_folder(recipe: Recipe, stage: str, store: Any) -> Path:
     if not found.hit:
         upto = ",".join(n for n in nodes(recipe) if n in ("dataset", "prepared", "trained", "merged")
                         or n == stage)
-        raise ChatError(f"the {stage} stage of recipe {recipe.name} is not built for its current key {info.key[:12]}… "
-                        f"({found.reason}); build it first: newt run {recipe.source or recipe.name + '.yaml'} "
+        raise ChatError(f"the {stage} stage of recipe {recipe.name} is not built for its current key "
+                        f"{info.key[:12]}… ({found.reason}); build it first: newt run {recipe.source or recipe.name + '.yaml'} "
                         f"--stages {upto}")
     return store.local_path(info.stage, info.key)
 

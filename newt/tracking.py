@@ -136,7 +136,8 @@ def start(recipe: Recipe, recipe_name: str, stage_key: str, dagster_run_id: str 
         elif not env.get("MLFLOW_TRACKING_URI"):
             root.mkdir(parents=True, exist_ok=True)
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-        env["MLFLOW_EXPERIMENT_NAME"] = recipe.mlflow_experiment_name or env.get("MLFLOW_EXPERIMENT_NAME") or recipe_name
+        experiment = recipe.mlflow_experiment_name or env.get("MLFLOW_EXPERIMENT_NAME") or recipe_name
+        env["MLFLOW_EXPERIMENT_NAME"] = experiment
         env["MLFLOW_TAGS"] = json.dumps(identity)
         # Each child process is one MLflow run; a run left open by a crash is not continued.
         env.pop("MLFLOW_RUN_ID", None)
