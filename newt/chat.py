@@ -92,6 +92,10 @@ def load(recipe: Recipe, stage: str, store: Any) -> Loaded:
         tokenizer = processor.tokenizer
     else:
         tokenizer = models.load_tokenizer(source, trust_remote_code=trust)
+    import torch
+
+    if torch.cuda.is_available() and not stage.startswith("quantized"):  # quantized folders pick their own device
+        model.to("cuda")
     model.eval()
     return Loaded(model, tokenizer, processor, templates.template_for(recipe, processor or tokenizer), where)
 
