@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,9 @@ class RunParams(TrainerCallback):
 
             run = mlflow.active_run()
             if run is not None:
-                flat = {k: v for k, v in flat_params(recipe).items() if len(v) <= 6000}  # MLflow's param limit
+                # MLflow's limits: 6000 characters per value, names of [A-Za-z0-9_\-. /] (user keys may hold others)
+                flat = {re.sub(r"[^0-9A-Za-z_\-. /]", "_", k): v for k, v in flat_params(recipe).items()
+                        if len(v) <= 6000}
                 items = list(flat.items())
                 for i in range(0, len(items), 100):  # at most 100 params per call (MLflow's batch limit)
                     mlflow.log_params(dict(items[i:i + 100]))

@@ -109,7 +109,7 @@ def tracked(mlflow_server, tmp_path_factory):
 def test_tracker_keys_switch_trackers_on_and_stay_out_of_every_key() -> None:
     from newt import STAGES
     from newt.config import stage_fields
-    from newt.tracking import public_uri, trackers
+    from newt.tracking import flat_params, public_uri, trackers
 
     base = "base_model: m\ndatasets: [{path: d.jsonl}]\n"
     assert trackers(parse_recipe(base)) == []
@@ -128,6 +128,10 @@ def test_tracker_keys_switch_trackers_on_and_stay_out_of_every_key() -> None:
                                           r"MLFLOW_TRACKING_USERNAME"):
         parse_recipe(base + "mlflow_tracking_uri: http://u:pw@host:5000\n")
     assert public_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+    assert flat_params({"lr": 0.002, "eval": {"thresholds": {}}, "datasets": [{"path": "d"}], "roles": ["a", "b"],
+                        "rl": None}) == {"recipe.lr": "0.002", "recipe.eval.thresholds": "{}",
+                                         "recipe.datasets.0.path": "d", "recipe.roles": '["a", "b"]',
+                                         "recipe.rl": "null"}
 
 
 def test_mlflow_server_receives_the_run_with_metrics_params_and_identity(tracked) -> None:
