@@ -390,6 +390,14 @@ class Recipe(Strict):
         "checkpoint of the stage's own work folder (what a relaunch after a crash does anyway). Not part of any key.",
     )
 
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _path_or_true(cls, value: Any) -> Any:
+        # Checked before pydantic's union, whose per-member errors would name `resume_from_checkpoint.str`/`.bool`.
+        if value is not None and not isinstance(value, (str, bool)):
+            raise ValueError("expected a checkpoint folder (a path or fsspec URL) or true")
+        return value
+
     @field_validator("mlflow_tracking_uri")
     @classmethod
     def _no_credentials(cls, value: str | None) -> str | None:

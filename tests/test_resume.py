@@ -53,7 +53,12 @@ def test_resume_from_another_runs_checkpoint_local_and_by_url(tiny_recipe_file, 
 
 
 def test_resume_errors_name_the_folder_and_the_fix(tiny_recipe_file, tmp_path: Path) -> None:
+    from newt.config import RecipeError, parse_recipe
     from newt.train.resume import ResumeError
+
+    with pytest.raises(RecipeError, match=r"resume_from_checkpoint: got \[\]; expected a checkpoint folder \(a path "
+                                          r"or fsspec URL\) or true"):
+        parse_recipe("base_model: m\ndatasets: [{path: d.jsonl}]\nresume_from_checkpoint: []\n")
 
     missing = load_recipe(tiny_recipe_file(extra=f"resume_from_checkpoint: {tmp_path / 'nope'}\n"))
     with pytest.raises(ResumeError, match=r"resume_from_checkpoint: '.*nope' is not a folder; give a Trainer "
