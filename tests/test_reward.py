@@ -45,8 +45,7 @@ learning_rate: 0.003
 warmup_steps: 5
 logging_steps: 10
 eval:
-  models: [base, merged]
-  max_samples: 40
+  max_samples: 40                               # models: base, merged, quantized (int8), the default
   thresholds: {{pairwise_accuracy: 0.9}}
 """
 
@@ -60,7 +59,7 @@ def test_reward_model_learns_the_pairs_and_the_gate_reads_its_accuracy(tmp_path:
     recipe = load_recipe(recipe_file)
     store, keys = Store(str(tmp_path / "store")), plan(recipe)
     outcomes = {s: run_stage(recipe, s, store, keys=keys, launcher=inprocess_launcher, log=lambda m: None)
-                for s in ("dataset", "prepared", "trained", "merged", "evaluation")}
+                for s in ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")}
     assert outcomes["prepared"].metadata["columns"] == ["prompt", "chosen", "rejected"]
     trained = outcomes["trained"].metadata
     assert trained["method"] == "reward" and trained["global_step"] == 40 and trained["train_rows"] == 200
@@ -77,13 +76,16 @@ def test_reward_model_learns_the_pairs_and_the_gate_reads_its_accuracy(tmp_path:
 
     results = outcomes["evaluation"].metadata["results"]
     print(f"reward model pairwise accuracy: base {results['base']['pairwise_accuracy']}, "
-          f"merged {results['merged']['pairwise_accuracy']}")
+          f"merged {results['merged']['pairwise_accuracy']}, quantized {results['quantized']['pairwise_accuracy']}")
     assert results["merged"]["rows"] == 40
     assert results["merged"]["pairwise_accuracy"] > 0.9
+    assert outcomes["quantized"].metadata["architecture"] == "LlamaForSequenceClassification"
+    assert results["quantized"]["pairwise_accuracy"] > 0.9  # the int8 reward model ranks the pairs as well
     assert results["base"]["pairwise_accuracy"] < 0.75, "the untrained head must not solve the task by chance"
     assert results["merged"]["reward_margin"] > results["base"]["reward_margin"] + 1.0
-    [verdict] = gates(results, recipe)["threshold"]
-    assert verdict["variant"] == "merged" and verdict["metric"] == "pairwise_accuracy" and verdict["passed"]
+    verdicts = gates(results, recipe)["threshold"]
+    assert [(v["variant"], v["metric"], v["passed"]) for v in verdicts] == [
+        ("merged", "pairwise_accuracy", True), ("quantized", "pairwise_accuracy", True)]
     failing = parse_recipe(recipe_file.read_text().replace("pairwise_accuracy: 0.9", "pairwise_accuracy: 1.01"))
     assert not gates(results, failing)["threshold"][0]["passed"]
 
