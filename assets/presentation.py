@@ -42,6 +42,10 @@ def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
             meta.update(history_metadata(value))
         elif name.endswith("_preview") or name.endswith("_markdown"):
             meta[name] = dg.MetadataValue.md(str(value))
+        elif name.endswith("_url") and isinstance(value, str):  # tracker runs (newt/tracking.py)
+            meta[name] = dg.MetadataValue.url(value)
+        elif name.endswith(("_run_dir", "_logdir")) and isinstance(value, str):
+            meta[name] = dg.MetadataValue.path(value)
         elif isinstance(value, (dict, list)):
             meta[name] = dg.MetadataValue.json(value)
         elif value is not None:

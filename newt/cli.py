@@ -6,6 +6,7 @@
     newt preview RECIPE      the first rows as the model sees them: trained tokens in color, masked ones dim
     newt run RECIPE          materialize the recipe's six stages in this process, with progress; exit code 1
                              when a step or an evaluation gate fails
+    newt chat RECIPE         talk to a built stage's model (--stage, --prompt, --image); builds nothing
     newt ui                  the Dagster UI (dagster dev) on 127.0.0.1
     newt gc [RECIPES]        remove store artifacts no recipe's current plan references (dry run unless --yes)
 
@@ -172,6 +173,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return dagster_verbs().cmd_run(args)
 
 
+# --- chat ------------------------------------------------------------------------------------------------------
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from newt import chat
+    from newt.config import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    try:
+        return chat.run(recipe, args.stage, _store(), prompt=args.prompt, image=args.image,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    except chat.ChatError as exc:
+        print(f"newt chat: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- ui --------------------------------------------------------------------------------------------------------
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     return dagster_verbs().cmd_ui(args)
 
@@ -205,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("chat", help="talk to a stage's model (streams; --prompt answers once)",
+                       parents=[common])
+    p.add_argument("recipe")
+    p.add_argument("--stage", default="merged", help="base, trained, merged (default), quantized or quantized_<method>")
+    p.add_argument("--prompt", help="answer this one message and exit (default: an interactive loop)")
+    p.add_argument("--image", help="image file sent with the first message (vision-language recipes)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
+    p.set_defaults(fn=cmd_chat)
     p = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1", parents=[common])
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--recipes", help="recipes folder (default: NEWT_RECIPES or the checkout's recipes/)")

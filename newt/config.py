@@ -133,6 +133,8 @@ EVAL_METRICS = {"exact_match": "min", "contains": "min", "regex_match": "min", "
 # issue 17: preference (newt/eval/preference.py) and GRPO (newt/eval/grpo.py) metrics; "min" = a floor, higher is better
 EVAL_METRICS |= {"preference_accuracy": "min", "reward_margin": "min", "chosen_logp": "min", "rejected_logp": "max",
                  "reward": "min", "stopped": "min"}
+# issue 18: reward models (newt/eval/reward.py): share of held-out pairs scored chosen > rejected, mean score gap
+EVAL_METRICS |= {"pairwise_accuracy": "min", "reward_margin": "min"}
 _LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_byte")
 
 
@@ -355,9 +357,10 @@ class Recipe(Strict):
     )
 
     # method (docs/training.md). Names follow Axolotl: rl, rl_beta, trl.{num_generations, ...}.
-    rl: Literal["dpo", "kto", "grpo", "orpo", "simpo", "cpo"] | None = knob(
+    rl: Literal["dpo", "kto", "grpo", "orpo", "simpo", "cpo", "reward"] | None = knob(
         None, "Preference/RL method: `dpo`, `kto` or `grpo` (TRL's stable trainers), `orpo`, `cpo` or `simpo` (TRL's "
-        "experimental ORPO and CPO trainers; SimPO is CPO's simpo loss); null = supervised fine-tuning.",
+        "experimental ORPO and CPO trainers; SimPO is CPO's simpo loss), `reward` (a reward model: "
+        "sequence-classification head trained on chosen/rejected pairs); null = supervised fine-tuning.",
         "prepared", "trained",
     )
     rl_beta: float = knob(0.1, "DPO/KTO/GRPO beta: strength of the pull towards the reference model.", "trained", ge=0)
@@ -487,6 +490,49 @@ class Recipe(Strict):
         [], "Full fine-tune: regexes of the parameter names that are trained; every other parameter is frozen.",
         "trained",
     )
+
+    # issue 18: tracking. No stage tag on any of these: they decide where metrics go, not what is trained
+    # (newt/tracking.py turns them into transformers' `report_to` and the trackers' environment variables).
+    report_to: list[Literal["mlflow", "wandb", "tensorboard"]] = knob(
+        [], "Experiment trackers that receive every logged training step; the wandb_*/mlflow_*/use_tensorboard "
+        "keys below also switch their tracker on (as in Axolotl).",
+    )
+    wandb_project: str | None = knob(None, "Weights & Biases project; setting it turns W&B tracking on.")
+    wandb_entity: str | None = knob(None, "W&B entity (team or user); default: the API key's default entity.")
+    wandb_name: str | None = knob(None, "Tracker run name (W&B and MLflow); default: the recipe's name.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = knob(
+        None, "W&B mode: `offline` writes the run folder locally (`wandb sync` uploads it later).",
+    )
+    wandb_run_id: str | None = knob(None, "W&B run id to create or continue (resumes that run's charts).")
+    mlflow_tracking_uri: str | None = knob(
+        None, "MLflow tracking server (http://host:port) or store URI; setting it turns MLflow tracking on. "
+        "Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN in the environment, never the recipe.",
+    )
+    mlflow_experiment_name: str | None = knob(
+        None, "MLflow experiment (created when missing); default: the recipe's name. Turns MLflow tracking on."
+    )
+    use_tensorboard: bool = knob(False, "Write TensorBoard event files (under NEWT_TRACKING_DIR, see docs/tracking.md).")
+    resume_from_checkpoint: str | bool | None = knob(
+        None, "Resume training from this Trainer checkpoint folder (local path or fsspec URL); `true` = the newest "
+        "checkpoint of the stage's own work folder (what a relaunch after a crash does anyway). Not part of any key.",
+    )
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _path_or_true(cls, value: Any) -> Any:
+        # Checked before pydantic's union, whose per-member errors would name `resume_from_checkpoint.str`/`.bool`.
+        if value is not None and not isinstance(value, (str, bool)):
+            raise ValueError("expected a checkpoint folder (a path or fsspec URL) or true")
+        return value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # The recipe is copied into the artifact and onto the tracker run: a password in it would travel too.
+        if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("the URI carries credentials (user:password@); remove them and export "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+        return value
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)

@@ -206,6 +206,10 @@ def build(run: StageRun) -> dict[str, Any]:
     from newt.prepare import load_prepared
 
     recipe = run.recipe
+    if recipe.rl == "reward":  # issue 18: a reward model loads as a sequence classifier (newt/eval/reward.py)
+        from newt.eval import reward
+
+        return reward.build(run)
     method = recipe.rl or "sft"
     if method not in evaluators():
         raise ValueError(f"evaluation: rl: {method} has no evaluator; known methods: {', '.join(evaluators())}")

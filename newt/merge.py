@@ -58,7 +58,13 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
         kwargs: dict[str, Any] = {}
         if adapter == "qlora":
             kwargs["quantization_config"] = qlora_base_config(torch_dtype)
-        base = load_model(base_model, trust_remote_code=trust_remote_code, dtype=torch_dtype, **kwargs)
+        if _adapter_task(trained / "adapter") == "SEQ_CLS":  # a reward model (rl: reward): base + its score head
+            from newt.eval.reward import load_scorer
+
+            base = load_scorer(base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                               tokenizer=str(trained / "adapter"))
+        else:
+            base = load_model(base_model, trust_remote_code=trust_remote_code, dtype=torch_dtype, **kwargs)
         if adapter == "qlora":
             base = base.dequantize()  # NF4 → the values training saw, as plain nn.Linear weights
         base.to(torch_dtype)
@@ -86,6 +92,13 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
         processor.save_pretrained(str(out))
     _generation_config(out, tokenizer)
     return {**meta, "files": sorted(p.name for p in out.iterdir())}
+
+
+def _adapter_task(adapter: Path) -> str | None:
+    import json
+
+    config = adapter / "adapter_config.json"
+    return json.loads(config.read_text()).get("task_type") if config.is_file() else None
 
 
 def qlora_base_config(compute_dtype: Any) -> Any:

@@ -122,7 +122,12 @@ def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     )
 
-    model_type = AutoConfig.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code).model_type
+    config = AutoConfig.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
+    if any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):  # a reward model (rl: reward)
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+    model_type = config.model_type
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return AutoModelForImageTextToText
     return AutoModelForCausalLM

@@ -29,6 +29,7 @@ from newt.stage import StageRun
 NEEDS = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"), "grpo": ("prompt",)}
 # Methods trained on DPO's paired rows (TRL's experimental ORPO and CPO trainers; SimPO is a CPO loss).
 ROWS_OF = {"orpo": "dpo", "cpo": "dpo", "simpo": "dpo"}
+NEEDS["reward"] = NEEDS["dpo"]  # issue 18: a reward model learns from the same pairs (newt/train/reward.py)
 
 
 class PreferenceError(ValueError):
@@ -110,7 +111,7 @@ def rows_for(method: str, row: dict[str, Any], render: Renderer, where: str) -> 
     if any(c not in row for c in NEEDS[method]):
         return _missing(method, row, where)
     prompt = row["prompt"]
-    if method == "dpo":
+    if method in ("dpo", "reward"):
         return [{"prompt": render.prompt(prompt, where),
                  "chosen": render.completion(prompt, row["chosen"], where, "chosen"),
                  "rejected": render.completion(prompt, row["rejected"], where, "rejected")}]

@@ -113,25 +113,29 @@ def load_quantized(out_dir: Path, method: str | None = None):
         model = AutoModelForCausalLM.from_pretrained(out_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
     else:
         device_map = "cuda" if method == "int4_weight_only" else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(out_dir, device_map=device_map)
+        from newt.models import auto_model_class  # a causal LM, or a reward model (rl: reward)
+
+        model = auto_model_class(str(out_dir)).from_pretrained(out_dir, device_map=device_map)
     model.eval()
     return model, tokenizer
 
 
 def _quantize_with_transformers(model_dir: Path, out_dir: Path, method: str, device: str) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from newt.models import auto_model_class
 
     _check_device(method, device)
     config = AutoConfig.from_pretrained(model_dir)
     architecture = (config.architectures or [config.model_type])[0]
-    if not architecture.endswith("ForCausalLM"):
+    if not architecture.endswith(("ForCausalLM", "ForSequenceClassification")):  # the latter: reward models
         raise QuantizeError(
             f"quantize method {method!r} does not support architecture {architecture!r}: newt quantises causal "
-            "language models (architectures ending in ForCausalLM) only"
+            "language models and reward models (architectures ending in ForCausalLM or ForSequenceClassification) only"
         )
     quantization_config, dtype = _quantization_config(method, config)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = auto_model_class(str(model_dir)).from_pretrained(
         model_dir, quantization_config=quantization_config, dtype=dtype, device_map=device
     )
     quantized = [name for name, module in model.named_modules() if _is_quantized(module)]

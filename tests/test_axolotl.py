@@ -44,7 +44,7 @@ def test_the_shipped_axolotl_example_is_a_recipe_as_it_stands() -> None:
     assert recipe.datasets[0].message_property_mappings == {"role": "role", "content": "content"}
     assert recipe.lora_r == 16 and recipe.val_set_size == 0.05 and recipe.micro_batch_size == 32
     notes = "\n".join(recipe.notes)
-    for key in ("model_type", "output_dir", "wandb_project", "datasets[0].message_field_role"):
+    for key in ("model_type", "output_dir", "datasets[0].message_field_role"):
         assert f"{key}: " in notes, key
 
 
@@ -52,16 +52,15 @@ def test_refused_keys_and_typos_fail_together_in_one_list() -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe(TYPICAL, source="qlora.yml", name="qlora")
     problems = info.value.problems
-    assert str(info.value).startswith("qlora.yml: 6 problems:")
-    assert problems[:3] == [
-        "wandb_project: Axolotl key 'wandb_project' is not supported by newt: " + keys.KEYS["wandb_project"].text,
+    assert str(info.value).startswith("qlora.yml: 5 problems:")  # wandb_project is a recipe key (issue 18)
+    assert problems[:2] == [
         "lora_model_dir: Axolotl key 'lora_model_dir' is not supported by newt: " + keys.KEYS["lora_model_dir"].text,
         "datasets[0].shards: Axolotl key 'shards' is not supported by newt: " + keys.DATASET_KEYS["shards"].text,
     ]
-    assert problems[3] == "lora_rr: unknown key; did you mean 'lora_r'?"
-    assert problems[4] == "gradient_checkpointing_kwarg: unknown key; did you mean 'gradient_checkpointing_kwargs'?"
+    assert problems[2] == "lora_rr: unknown key; did you mean 'lora_r'?"
+    assert problems[3] == "gradient_checkpointing_kwarg: unknown key; did you mean 'gradient_checkpointing_kwargs'?"
     # the allowed keys once, at the end, not after every unknown key
-    assert problems[5].startswith("<top level>: allowed keys here are base_model, ")
+    assert problems[4].startswith("<top level>: allowed keys here are base_model, ")
     assert sum("allowed keys here" in p for p in problems) == 1
     # noted keys (output_dir, dataset_prepared_path, model_type, ...) and load_in_4bit with qlora are not problems
     assert not any(p.startswith(("model_type", "tokenizer_type", "output_dir", "dataset_prepared", "load_in_4bit"))

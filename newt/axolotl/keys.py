@@ -53,9 +53,10 @@ def _attn(kernel: str) -> Callable[[Any], dict[str, Any]]:
 
 _SPEED = "a speed/memory kernel: newt computes the same with PEFT/PyTorch's own layers"
 _TRACKING = (
-    "experiment trackers are not integrated; per-step metrics go to the Dagster run log and the trained "
-    "asset's metadata"
+    "this tracker setting is not supported; newt's trackers are report_to: [mlflow, wandb, tensorboard] with "
+    "the wandb_*/mlflow_* keys (docs/tracking.md)"
 )
+_TRACKED = "a field of newt's schema with Axolotl's meaning (docs/tracking.md); not part of any key"
 _ARCH = "newt reads the architecture from the model's config.json; accepted"
 
 # Axolotl's keys with newt's reading. Keys of newt's schema are listed as `applied` with to=None: they pass as they
@@ -207,8 +208,14 @@ KEYS: dict[str, Key] = {
     "save_only_model": noted("newt's checkpoints keep what resume needs; the artifact holds only the model"),
     "model_quantization_config_kwargs": noted("read with model_quantization_config"),
     "use_ray": noted("newt runs Ray through its own executor settings, not the recipe"),
+    # --- issue 18: trackers, manual resume, reward models -------------------------------------------------------
+    **{k: applied(_TRACKED) for k in ("wandb_project", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode",
+                                      "mlflow_tracking_uri", "mlflow_experiment_name", "use_tensorboard")},
+    "resume_from_checkpoint": applied("resume the trained stage from that checkpoint folder (local or fsspec URL), "
+                                      "or `true`: from the last one in its work folder (docs/training.md)"),
+    "reward_model": applied("trains a reward model with TRL's RewardTrainer (newt's rl: reward)",
+                            lambda v: {"rl": "reward"} if v else {}),
     # --- refused: newt cannot honour it -----------------------------------------------------------------------
-    "resume_from_checkpoint": refused("the trained stage resumes by itself from its work folder; remove it"),
     "gptq": refused("GPTQ bases are not supported; use a full-precision base with lora or qlora"),
     "float16": refused("fp16 weights without autocast are not supported; write `fp16: true` (mixed precision)"),
     "fp8": refused("fp8 training is not supported; use bf16"),
@@ -217,18 +224,10 @@ KEYS: dict[str, Key] = {
     "added_tokens_overrides": refused("replacing vocabulary entries is not supported; add new tokens with `tokens`"),
     "chat_template_kwargs": refused("not supported; put the template you want in chat_template_jinja"),
     "default_system_message": refused("not supported; put the system turn in the data or the template"),
-    "wandb_project": refused(_TRACKING),
-    "wandb_entity": refused(_TRACKING),
-    "wandb_name": refused(_TRACKING),
-    "wandb_run_id": refused(_TRACKING),
     "wandb_watch": refused(_TRACKING),
     "wandb_log_model": refused(_TRACKING),
-    "wandb_mode": refused(_TRACKING),
-    "mlflow_tracking_uri": refused(_TRACKING),
-    "mlflow_experiment_name": refused(_TRACKING),
     "comet_api_key": refused(_TRACKING),
     "comet_project_name": refused(_TRACKING),
-    "use_tensorboard": refused(_TRACKING),
     "do_bench_eval": refused("benchmarks run in the `evaluation` stage (eval.lm_eval_tasks)"),
     "bench_dataset": refused("benchmarks run in the `evaluation` stage (eval.lm_eval_tasks)"),
     "test_datasets": refused("newt holds out `val_set_size` rows of `datasets`; merge them or set val_set_size"),

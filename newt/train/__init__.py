@@ -30,6 +30,7 @@ METHOD_COLUMNS = {
     "dpo": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion", "label"),
     "grpo": ("prompt",),
+    "reward": ("prompt", "chosen", "rejected"),
 }
 METHOD_COLUMNS.update({m: METHOD_COLUMNS["dpo"] for m in ("orpo", "cpo", "simpo")})  # issue 16: paired rows
 
@@ -154,6 +155,12 @@ def build(run: StageRun) -> dict[str, Any]:
         raise TrainError("trained: the recipe's hardware settings cannot run here:\n"
                          + "\n".join(f"  - {p}" for p in problems))
     check_prepared(run.recipe, run.upstream["prepared"])
+    from newt.train import resume
+
+    resume.check(run.recipe, run.workdir)  # a wrong resume_from_checkpoint fails now, not after the model has loaded
+    from newt import tracking
+
+    tracking.check(run.recipe)  # a tracker that is not installed, likewise
     if run.recipe.rl == "grpo":  # a misnamed reward fails now, not after the model has loaded
         from newt import rewards
 
@@ -163,7 +170,7 @@ def build(run: StageRun) -> dict[str, Any]:
     recipe_file = work / "recipe.json"
     recipe_file.write_text(json.dumps(resolved_recipe(run.recipe), indent=2))
     args = ["--recipe", str(recipe_file), "--data", str(run.upstream["prepared"]), "--output", str(work),
-            "--base-model", resolve(run.recipe.base_model)]
+            "--base-model", resolve(run.recipe.base_model), "--recipe-name", run.recipe.name, "--stage-key", run.key]
     (work / "metrics.json").unlink(missing_ok=True)  # a stale file from a crashed run must not pass for a result
     cmd = accelerate_command(run.recipe, args, workdir=work)
     (run.launcher or subprocess_launcher)(cmd, child_env())

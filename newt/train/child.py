@@ -33,6 +33,8 @@ class ChildArgs:
     data: Path
     output: Path
     base_model: str
+    recipe_name: str = "recipe"  # the recipe file's stem: names the tracker run (newt/tracking.py)
+    stage_key: str = ""  # the `trained` key, put on the tracker run
 
 
 def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
@@ -44,6 +46,8 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
     parser.add_argument("--data", required=True, help="prepared artifact folder")
     parser.add_argument("--output", required=True, help="output folder (checkpoints are kept in it until the end)")
     parser.add_argument("--base-model", help="local folder or hub name overriding recipe.base_model")
+    parser.add_argument("--recipe-name", default="recipe", help="recipe name (tracker run name)")
+    parser.add_argument("--stage-key", default="", help="the trained stage's key (a tracker run parameter)")
     args = parser.parse_args(argv)
     try:  # the one recipe parser (newt.config), so a hand-made recipe gets newt's own errors too
         recipe = parse_resolved(args.recipe)
@@ -54,7 +58,8 @@ def parse_args(doc: str | None, argv: list[str] | None = None) -> ChildArgs:
         raise SystemExit("recipe settings cannot run here:\n" + "\n".join(f"  - {p}" for p in problems))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    return ChildArgs(recipe, Path(args.data), output, args.base_model or recipe.base_model)
+    return ChildArgs(recipe, Path(args.data), output, args.base_model or recipe.base_model, args.recipe_name,
+                     args.stage_key)
 
 
 def load_base(recipe: Recipe, base: str) -> Any:
@@ -78,9 +83,11 @@ def peft_config(recipe: Recipe, model: Any = None, new_token_ids: list[int] | No
     return LoraConfig(**train_args.lora_kwargs(recipe, model, new_token_ids))
 
 
-def training_kwargs(recipe: Recipe, output: Path, *, has_eval: bool = False) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig): newt.train.args."""
-    return train_args.training_kwargs(recipe, output / CHECKPOINTS, has_eval=has_eval)
+def training_kwargs(recipe: Recipe, output: Path, track: Any = None, *, has_eval: bool = False) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config (SFTConfig, DPOConfig, KTOConfig, GRPOConfig): newt.train.args;
+    `track` is the child's `newt.tracking.Tracking` (report_to, run_name)."""
+    kwargs = train_args.training_kwargs(recipe, output / CHECKPOINTS, has_eval=has_eval)
+    return {**kwargs, **(track.kwargs if track is not None else {})}
 
 
 def last_checkpoint(output: Path) -> tuple[str | None, int]:
@@ -137,10 +144,11 @@ class StreamMetrics(TrainerCallback):
         if self.count_tokens is not None:
             micro = steps * args.gradient_accumulation_steps
             row["num_tokens"] = int(self.count_tokens(micro)) * max(int(args.world_size), 1)
-        for extra in ("rewards/chosen", "rewards/margins", "reward", "kl"):
+        for extra in ("rewards/chosen", "rewards/margins", "reward", "kl", "accuracy"):
             if extra in logs:
                 row[extra.replace("/", "_")] = round(float(logs[extra]), 5)
         self.history.append(row)
+        logs["tokens_per_second"] = row["tokens_per_second"]  # the trackers' callbacks run after this one
         self.reporter.log(" ".join(f"{k}={v}" for k, v in row.items()))
 
 
@@ -173,4 +181,5 @@ def save_final(trainer: Any, tokenizer: Any, output: Path, adapter: bool) -> Pat
     trainer.model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(output / "resume-from", ignore_errors=True)  # a remote resume_from_checkpoint's local copy
     return target

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from transformers import set_seed
 
+from newt import tracking
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -28,6 +28,7 @@ from newt.train.child import (
 )
 from newt.train import args as train_args
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
 
     # 2. tokenizer, model, data
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                          "max_length": recipe.sequence_len}
         text_columns = ("prompt", "chosen", "rejected")
     eval_split = train_args.held_out(recipe, args.data)  # evals_per_epoch / eval_steps
-    config = Config(**training_kwargs(recipe, output, has_eval=eval_split is not None), **method_kwargs)
+    config = Config(**training_kwargs(recipe, output, track, has_eval=eval_split is not None), **method_kwargs)
     world = max(int(config.world_size), 1)
     # Tokens per row ≈ the prompt plus each completion, measured on the text the trainer will tokenize.
     sample = train.select(range(min(len(train), 64)))
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
                       processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
                       callbacks=[stream, *train_args.callbacks(recipe)])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["rl_beta"] = recipe.rl_beta
         if recipe.rl == "dpo":
             metrics["dpo_loss_type"] = list(recipe.dpo_loss_type)
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 

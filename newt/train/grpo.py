@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from transformers import set_seed
 
+from newt import tracking
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
 from newt.rewards import resolve
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -31,6 +31,7 @@ from newt.train.child import (
 )
 from newt.train import args as train_args
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
     trl_cfg = recipe.trl
     rewards = [resolve(spec, max_completion_length=trl_cfg.max_completion_length) for spec in trl_cfg.reward_funcs]
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     config = GRPOConfig(
-        **training_kwargs(recipe, output),
+        **training_kwargs(recipe, output, track),
         beta=recipe.rl_beta,
         num_generations=trl_cfg.num_generations,
         max_completion_length=trl_cfg.max_completion_length,
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
                           processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
                           callbacks=[stream, *train_args.callbacks(recipe)])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["reward_funcs"] = list(trl_cfg.reward_funcs)
         metrics["num_generations"] = trl_cfg.num_generations
         metrics["reward_history"] = [row.get("reward") for row in stream.history]
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from transformers import set_seed
 
+from newt import tracking
 from newt.config import Recipe
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -30,6 +30,7 @@ from newt.train.child import (
 )
 from newt.train import args as train_args
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def method_kwargs(recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
 
     # 2. tokenizer, model, data
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. train
     Config, Trainer, kwargs = method_kwargs(recipe)
     eval_split = train_args.held_out(recipe, args.data)  # evals_per_epoch / eval_steps
-    config = Config(**training_kwargs(recipe, output, has_eval=eval_split is not None), **kwargs)
+    config = Config(**training_kwargs(recipe, output, track, has_eval=eval_split is not None), **kwargs)
     world = max(int(config.world_size), 1)
     sample = train.select(range(min(len(train), 64)))
     row_tokens = sum(len(tokenizer(r[c], add_special_tokens=False)["input_ids"]) for r in sample
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split, processing_class=tokenizer,
                       peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         save_final(trainer, tokenizer, output, adapter=recipe.adapter is not None)
         metrics = final_metrics(recipe.rl or "orpo", recipe, trainer, result, stream, len(train), resumed_from)
         metrics.update({k: v for k, v in kwargs.items() if k != "max_length"})
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 

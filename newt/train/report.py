@@ -32,6 +32,11 @@ class Reporter:
     def under_pipes(self) -> bool:
         return self._pipes is not None
 
+    @property
+    def run_id(self) -> str | None:
+        """The Dagster run that launched this child (None outside Pipes)."""
+        return self._pipes.run_id if self._pipes is not None else None
+
     def log(self, message: str) -> None:
         if rank() != 0:
             return

@@ -22,13 +22,13 @@ import torch
 from transformers import set_seed
 
 from newt import IGNORE_INDEX
+from newt import tracking
 from newt.models import load_processor, load_tokenizer
 from newt.train.packed import BinCollator, varlen_kernel
 from newt.prepare import load_prepared
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
-    last_checkpoint,
     load_base,
     parse_args,
     peft_config,
@@ -37,6 +37,7 @@ from newt.train.child import (
 )
 from newt.train import args as train_args
 from newt.train.report import Reporter
+from newt.train.resume import resume_point
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__, argv)
     recipe, output = args.recipe, args.output
     reporter = Reporter()
+    track = tracking.start(recipe, args.recipe_name, args.stage_key, reporter.run_id)  # report_to + env
     set_seed(recipe.seed)
 
     # 2. tokenizer (or multimodal processor), model, data
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     eval_split = train_args.held_out(recipe, args.data, columns)  # evals_per_epoch / eval_steps
     config = SFTConfig(
-        **training_kwargs(recipe, output, has_eval=eval_split is not None),
+        **training_kwargs(recipe, output, track, has_eval=eval_split is not None),
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are already tokenized and labelled by newt
         # Packed rows, no attention across examples (newt/packing.py): flash-attn takes TRL's padding-free batches
         # (one row, varlen kernel); other kernels take BinCollator's one row per bin.
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
                          processing_class=tokenizer, data_collator=collator,
                          peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
-    checkpoint, resumed_from = last_checkpoint(output)
+    track.attach(trainer)
+    checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         save_final(trainer, tokenizer, output, adapter=recipe.adapter is not None)
         metrics = final_metrics("sft", recipe, trainer, result, stream, len(train), resumed_from)
         metrics["cuda"] = torch.cuda.is_available()
+        metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
 
