@@ -114,7 +114,10 @@ def training_kwargs(recipe: Recipe, output: Path) -> dict[str, Any]:
         "gradient_checkpointing": recipe.gradient_checkpointing,  # TRL defaults it on; we follow the recipe
         "torch_compile": recipe.torch_compile,
         "disable_tqdm": True,
-        "ddp_find_unused_parameters": False if recipe.num_processes > 1 else None,
+        "ddp_find_unused_parameters": False if recipe.num_processes * recipe.num_machines > 1 else None,
+        # Several machines of their own (launcher local): each keeps checkpoints in its own work folder to resume
+        # from. The Ray launcher's nodes share one work folder (docs/scaling.md): one writer per checkpoint.
+        "save_on_each_node": recipe.num_machines > 1 and recipe.launcher == "local",
     }
 
 
