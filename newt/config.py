@@ -387,6 +387,8 @@ class Recipe(Strict):
         if self.machine_rank >= self.num_machines:
             raise ValueError(f"machine_rank {self.machine_rank} is not below num_machines {self.num_machines}; "
                              f"ranks run 0..{self.num_machines - 1}")
+        if self.launcher == "ray" and self.machine_rank:
+            raise ValueError("machine_rank is set by the Ray launcher for each node; remove it with launcher: ray")
         if self.launcher == "local" and self.num_machines > 1 and not self.main_process_ip:
             raise ValueError(f"num_machines: {self.num_machines} needs main_process_ip, the address of machine 0 "
                              "that every machine can reach (or launcher: ray, which finds it)")

@@ -91,6 +91,7 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
     of `capacity` tokens, WINDOW rows at a time; bins shuffled by `seed`. Returns the packed dataset (one Arrow
     file per window under `cache_dir`) and its report (rows, bins, capacity, fill)."""
     import datasets
+    import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
     from newt.prepare import arrow_files, gather
@@ -113,6 +114,9 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
             writer.write_table(packed)
             writer.finalize()
         del packed
+        # Arrow's allocator (mimalloc) keeps freed pages for reuse; handing them back after each window keeps the
+        # peak at one window's working set instead of letting it creep up over the windows.
+        pa.default_memory_pool().release_unused()
         parts.append(path)
     ds = [datasets.Dataset.from_file(p) for p in parts]
     packed_ds = ds[0] if len(ds) == 1 else datasets.concatenate_datasets(ds)

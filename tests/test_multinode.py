@@ -50,6 +50,8 @@ def test_bad_machine_settings_are_named(tiny_recipe_file) -> None:
         load_recipe(tiny_recipe_file(extra="num_machines: 2\nmachine_rank: 2\nmain_process_ip: 127.0.0.1\n"))
     with pytest.raises(RecipeError, match="num_machines: 2 needs main_process_ip"):
         load_recipe(tiny_recipe_file(extra="num_machines: 2\n"))
+    with pytest.raises(RecipeError, match="machine_rank is set by the Ray launcher"):
+        load_recipe(tiny_recipe_file(extra="num_machines: 2\nmachine_rank: 1\nlauncher: ray\n"))
 
 
 def test_machine_placement_does_not_key_training_but_machine_count_does(tiny_recipe_file) -> None:

@@ -108,6 +108,23 @@ def ray_cluster() -> Iterator[dict]:
             _stop(proc, temp_dir)
 
 
+def test_the_ray_launcher_is_chosen_by_environment_and_needs_an_address(monkeypatch) -> None:
+    from newt.train.ray_job import RayLaunchError, address_from_env
+    from resources import RayLauncher, launcher_from_env
+
+    monkeypatch.setenv("NEWT_LAUNCHER", "ray://head.example:10001")
+    chosen = launcher_from_env()
+    assert isinstance(chosen, RayLauncher) and chosen.address == "ray://head.example:10001"
+    assert address_from_env() == "ray://head.example:10001"
+    monkeypatch.setenv("NEWT_LAUNCHER", "ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert launcher_from_env().address is None
+    with pytest.raises(RayLaunchError, match="set RAY_ADDRESS=HOST:PORT"):
+        address_from_env()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert address_from_env() == "10.0.0.1:6379"
+
+
 def test_trained_runs_across_two_ray_nodes_with_world_size_two_through_dagster(ray_cluster, tiny_recipe_file,
                                                                                  tmp_path: Path, monkeypatch) -> None:
     import dagster as dg
