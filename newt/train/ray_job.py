@@ -145,10 +145,12 @@ class RayRun:
         try:
             try:
                 ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
-            except ray.exceptions.GetTimeoutError:
+            except ray.exceptions.GetTimeoutError:  # a cluster too small stays too small: no restart
                 nodes = [x["Resources"] for x in ray.nodes() if x["Alive"]]
-                return (f"the cluster did not give {n} nodes with {bundle} each (one per machine, num_machines: "
-                        f"{n}) within {PLACEMENT_TIMEOUT_S:.0f} s; alive nodes: {nodes}")
+                raise RayLaunchError(
+                    f"the Ray cluster did not give {n} nodes with {bundle} each (one node per machine, "
+                    f"num_machines: {n}) within {PLACEMENT_TIMEOUT_S:.0f} s; alive nodes: {nodes}. Add nodes or "
+                    f"lower num_machines") from None
             actor = ray.remote(NodeAgent)
             agents = [actor.options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), max_restarts=0,
                                     scheduling_strategy=PlacementGroupSchedulingStrategy(
