@@ -365,7 +365,7 @@ class Recipe(Strict):
     # num_machines keys `trained`; which machine is which, and where rank 0 listens, change no weights: no tag.
     launcher: Literal["local", "ray"] = knob(
         "local", "Where `trained` runs its child: `local` (accelerate launch here, or the Dagster launcher "
-        "resource) or `ray` (one accelerate launch per node of the Ray cluster at RAY_ADDRESS).",
+        "resource) or `ray` (one accelerate launch per node of the Ray cluster at RAY_ADDRESS or NEWT_LAUNCHER).",
     )
     num_machines: int = knob(1, "Machines (nodes) training together; each runs num_processes processes.",
                              "trained", ge=1)
@@ -374,7 +374,8 @@ class Recipe(Strict):
         None, "Address of machine 0 that the other machines connect to (accelerate's --main_process_ip).",
     )
     main_process_port: int | None = knob(
-        None, "Port on machine 0 for the rendezvous (accelerate's --main_process_port); free port when unset.",
+        None, "Port on machine 0 for the rendezvous (accelerate's --main_process_port); unset: 29500 on several "
+        "machines, a free port on one.",
         ge=1, le=65535,
     )
     ray_max_restarts: int = knob(
