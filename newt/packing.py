@@ -51,25 +51,25 @@ def fill(lengths: np.ndarray, bins: list[list[int]], capacity: int) -> float:
     return float(np.asarray(lengths).sum() / (len(bins) * capacity)) if bins else 0.0
 
 
-# Train rows packed per window: the rows of one window are gathered into memory (newt.prepare.gather, one source
-# file mapped at a time), packed, written out, and dropped before the next, so packing's resident memory is bounded
-# by a window whatever the dataset's size (bench/packing_rss.py). Bins never span windows: at 100,000 rows a window
-# loses at most one partly filled bin to the boundary.
+# Train rows packed per window: the train rows are taken in storage order, WINDOW at a time, so a window reads
+# one or two of the source's Arrow files (newt.prepare.gather, one file mapped at a time) rather than a scattered
+# sample of all of them; it is packed, written out and dropped before the next. Packing's resident memory is thus
+# bounded by a window whatever the dataset's size (bench/packing_rss.py). Bins never span windows: at 100,000 rows
+# a window loses at most one partly filled bin to the boundary. The bins are then shuffled all together by `seed`,
+# when the prepared stage writes them (`write_splits` takes them in that order).
 WINDOW = 100_000
 
 
-def pack_window(table: Any, capacity: int, rng: np.random.Generator) -> tuple[Any, int, int]:
+def pack_window(table: Any, capacity: int) -> tuple[Any, int, int]:
     """One window's rows (an Arrow table with input_ids, labels) → its packed rows (input_ids, labels,
-    seq_lengths) in shuffled bin order, plus (tokens, bins). Vectorized: the packed lists are the rows' values
-    taken in bin order, cut at the bins' token totals."""
+    seq_lengths), members of a bin in row order, plus (tokens, bins). Vectorized: the packed lists are the rows'
+    values taken in bin order, cut at the bins' token totals."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     ids = table.column("input_ids").combine_chunks()
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-    bins = best_fit_decreasing(lengths, capacity)
-    order = rng.permutation(len(bins))
-    members = [np.sort(np.asarray(bins[b], dtype=np.int64)) for b in order.tolist()]
+    members = [np.sort(np.asarray(b, dtype=np.int64)) for b in best_fit_decreasing(lengths, capacity)]
     flat = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
     counts = np.array([len(m) for m in members], dtype=np.int64)
     rows = table.take(pa.array(flat))
@@ -82,14 +82,15 @@ def pack_window(table: Any, capacity: int, rng: np.random.Generator) -> tuple[An
     }
     out["seq_lengths"] = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(counts)].astype(np.int32)),
                                                   pa.array(row_lengths.astype(np.int32)))
-    return pa.table(out), int(lengths.sum()), len(bins)
+    return pa.table(out), int(lengths.sum()), len(members)
 
 
 def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
-                 cache_dir: str) -> tuple[Any, dict[str, Any]]:
+                 cache_dir: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """Pack rows `order` (indices into `rows`, a dataset of plain Arrow files with input_ids and labels) into bins
-    of `capacity` tokens, WINDOW rows at a time; bins shuffled by `seed`. Returns the packed dataset (one Arrow
-    file per window under `cache_dir`) and its report (rows, bins, capacity, fill)."""
+    of `capacity` tokens, WINDOW rows at a time. Returns the packed dataset (one Arrow file per window under
+    `cache_dir`), the order to train its bins in (a permutation by `seed`) and the report (rows, bins, capacity,
+    fill)."""
     import datasets
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
@@ -103,11 +104,11 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     features = datasets.Features({name: datasets.List(datasets.Value("int32"))
                                   for name in ("input_ids", "labels", "seq_lengths")})
-    rng = np.random.default_rng(seed)
+    stored = np.sort(np.asarray(order, dtype=np.int64))
     parts, tokens, n_bins = [], 0, 0
-    for w, start in enumerate(range(0, len(order), WINDOW)):
-        window = np.asarray(order[start:start + WINDOW], dtype=np.int64)
-        packed, t, b = pack_window(gather(files, offsets, window, ["input_ids", "labels"]), capacity, rng)
+    for w, start in enumerate(range(0, len(stored), WINDOW)):
+        packed, t, b = pack_window(gather(files, offsets, stored[start:start + WINDOW], ["input_ids", "labels"]),
+                                   capacity)
         tokens, n_bins = tokens + t, n_bins + b
         path = f"{cache_dir}/packed-{w:05d}.arrow"
         with ArrowWriter(features=features, path=path) as writer:
@@ -122,4 +123,4 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
     packed_ds = ds[0] if len(ds) == 1 else datasets.concatenate_datasets(ds)
     info = {"rows": len(order), "bins": n_bins, "capacity": capacity,
             "fill": round(tokens / (n_bins * capacity), 4) if n_bins else 0.0}
-    return packed_ds, info
+    return packed_ds, np.random.default_rng(seed).permutation(n_bins), info

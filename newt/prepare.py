@@ -444,9 +444,9 @@ def build(run: StageRun) -> dict[str, Any]:
         if recipe.sample_packing:
             from newt.packing import pack_dataset
 
-            packed, report["packing"] = pack_dataset(merged, order[n_val:], recipe.sequence_len, seed=recipe.seed,
-                                                     cache_dir=tmp)
-            splits["train"] = (packed, np.arange(len(packed)), packed.column_names)
+            packed, bin_order, report["packing"] = pack_dataset(merged, order[n_val:], recipe.sequence_len,
+                                                                seed=recipe.seed, cache_dir=tmp)
+            splits["train"] = (packed, bin_order, packed.column_names)
         if n_val:  # datasets 5.2's load_from_disk rejects an empty split: it is left out (load_prepared: empty)
             splits["validation"] = (merged, order[:n_val], out_cols)
         n_train = len(splits["train"][1])

@@ -96,10 +96,11 @@ def test_windowed_packing_keeps_every_row_once_and_bins_within_windows(tmp_path,
 
     rows, ids = _arrow_rows(tmp_path, 60)
     order = np.random.default_rng(1).permutation(60)[:50]  # a train split: shuffled, some rows held out
-    monkeypatch.setattr(newt.packing, "WINDOW", 16)  # 4 windows: 16, 16, 16, 2 rows
+    stored = sorted(order.tolist())  # windows follow the storage order: 16, 16, 16, 2 rows
+    monkeypatch.setattr(newt.packing, "WINDOW", 16)
     out = tmp_path / "out"
     out.mkdir()
-    packed, info = pack_dataset(rows, order, 64, seed=3, cache_dir=str(out))
+    packed, bin_order, info = pack_dataset(rows, order, 64, seed=3, cache_dir=str(out))
     seen, windows = [], []
     for row in packed:
         assert sum(row["seq_lengths"]) == len(row["input_ids"]) == len(row["labels"]) <= 64
@@ -110,16 +111,17 @@ def test_windowed_packing_keeps_every_row_once_and_bins_within_windows(tmp_path,
             assert row["labels"][start:start + k] == [-t for t in piece]  # labels travel with their ids
             members.append(piece[0] // 1000)  # the source row this example is
             start += k
-        assert members == sorted(members, key=lambda r: list(order).index(r))  # in train order inside a bin
+        assert members == sorted(members)  # row order inside a bin
         seen += members
-        windows.append({list(order).index(r) // 16 for r in members})
-    assert sorted(seen) == sorted(order.tolist())  # every train row exactly once, no held-out row
+        windows.append({stored.index(r) // 16 for r in members})
+    assert sorted(seen) == stored  # every train row exactly once, no held-out row
     assert all(len(w) == 1 for w in windows), "a bin never mixes rows of two windows"
+    assert sorted({next(iter(w)) for w in windows}) == [0, 1, 2, 3]
     assert info["rows"] == 50 and info["bins"] == len(packed) and info["capacity"] == 64
     total = sum(len(ids[r]) for r in order)
     assert info["fill"] == round(total / (len(packed) * 64), 4)
-    again, _ = pack_dataset(rows, order, 64, seed=3, cache_dir=str(tmp_path))
-    assert again["input_ids"] == packed["input_ids"]  # deterministic for a seed
-    other, _ = pack_dataset(rows, order, 64, seed=4, cache_dir=str(tmp_path))
-    assert other["input_ids"] != packed["input_ids"] and sorted(map(tuple, other["input_ids"])) == sorted(
-        map(tuple, packed["input_ids"]))  # the seed shuffles the bins, not their contents
+    assert sorted(bin_order.tolist()) == list(range(len(packed)))
+    again, again_order, _ = pack_dataset(rows, order, 64, seed=3, cache_dir=str(tmp_path))
+    assert again["input_ids"] == packed["input_ids"] and again_order.tolist() == bin_order.tolist()  # deterministic
+    _, other_order, _ = pack_dataset(rows, order, 64, seed=4, cache_dir=str(tmp_path))
+    assert other_order.tolist() != bin_order.tolist()  # the seed decides the order bins are trained in
