@@ -8,6 +8,16 @@ Layout under the store root (any fsspec URL; local folder by default):
     <root>/<stage>/.work-<key>/      work folder of a running or crashed build (local roots); never read as output
     <root>/.locks/<stage>-<key>.lock per-key lock (local roots)
 
+Object stores (no rename, no lock across machines) keep each writer's complete set apart:
+
+    <root>/<stage>/<key>/<writer>/   one writer's files, its manifest.json and its own _COMMITTED (set complete)
+    <root>/<stage>/<key>/_COMMITTED  "<sha256 of that manifest> <writer>": which writer's set is the artifact
+
+A writer uploads its set under its own prefix, then writes the top marker (one PUT, atomic). Two machines building
+the same key race only on that PUT, and whichever lands last names a set that is complete on its own: files of
+two writers are never read together. The losing set stays behind unreferenced (deleting it could break a reader
+that read the marker a moment earlier).
+
 A folder without `_COMMITTED`, or whose marker does not match its manifest, does not exist.
 """
 
@@ -19,9 +29,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +52,18 @@ KEY_LENGTH = 32  # hex chars of sha256 kept in a key: 128 bits
 
 class CacheError(RuntimeError):
     pass
+
+
+def writer_id() -> str:
+    """A name no other commit uses: host, process and a random part (two processes of one host differ too)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    return f"w-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def parse_marker(text: str) -> tuple[str, str | None]:
+    """(manifest sha256, writer) of a marker; writer None: the files sit beside the marker (local roots)."""
+    sha, _, writer = text.strip().partition(" ")
+    return sha, (writer or None)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -106,15 +130,18 @@ class Store:
     # reading
     def lookup(self, stage: str, key: str, *, verify_hashes: bool = False) -> Lookup:
         base = self.path(stage, key)
-        uri = self.uri(stage, key)
         if not self.is_local:  # a long-lived fsspec instance caches listings; markers must be read fresh
             self.fs.invalidate_cache(base)
         try:
-            marker = self.fs.cat_file(f"{base}/{MARKER}").decode().strip()
+            marker, writer = parse_marker(self.fs.cat_file(f"{base}/{MARKER}").decode())
         except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a folder of the path should be
-            return Lookup("miss", uri, reason="no commit marker")
+            return Lookup("miss", self.uri(stage, key), reason="no commit marker")
+        if writer is not None and not re.fullmatch(r"w-[A-Za-z0-9-]+", writer):
+            return Lookup("corrupt", self.uri(stage, key), reason=f"{MARKER} names no valid writer ({writer!r})")
+        folder = f"{base}/{writer}" if writer else base  # where the committed set lives
+        uri = folder if self.is_local else self.fs.unstrip_protocol(folder)
         try:
-            raw = self.fs.cat_file(f"{base}/{MANIFEST}")
+            raw = self.fs.cat_file(f"{folder}/{MANIFEST}")
         except FileNotFoundError:
             return Lookup("corrupt", uri, reason=f"{MANIFEST} is missing although {MARKER} exists")
         if hashlib.sha256(raw).hexdigest() != marker:
@@ -125,15 +152,23 @@ class Store:
             return Lookup("corrupt", uri, reason=f"{MANIFEST} is not valid JSON ({exc})")
         if manifest.get("key") != key or manifest.get("stage") != stage:
             return Lookup("corrupt", uri, reason="manifest names another stage or key")
+        if writer is not None and manifest.get("writer") != writer:
+            return Lookup("corrupt", uri, reason=f"manifest was written by {manifest.get('writer')}, not {writer}")
         sizes = {}
-        for info in self.fs.find(base, detail=True).values():
-            sizes[info["name"][len(base.rstrip("/")) + 1:]] = info.get("size")
+        for info in self.fs.find(folder, detail=True).values():
+            sizes[info["name"][len(folder.rstrip("/")) + 1:]] = info.get("size")
         for entry in manifest["files"]:
             if sizes.get(entry["path"]) != entry["size"]:
                 return Lookup("corrupt", uri, reason=f"file {entry['path']} is missing or has the wrong size")
-            if verify_hashes and self._sha256(f"{base}/{entry['path']}") != entry["sha256"]:
+            if verify_hashes and self._sha256(f"{folder}/{entry['path']}") != entry["sha256"]:
                 return Lookup("corrupt", uri, reason=f"file {entry['path']} does not match its sha256")
         return Lookup("hit", uri, manifest=manifest)
+
+    def committed_folder(self, stage: str, key: str) -> str:
+        """The store path holding the committed files of a key (a writer's prefix on object stores)."""
+        base = self.path(stage, key)
+        _, writer = parse_marker(self.fs.cat_file(f"{base}/{MARKER}").decode())
+        return f"{base}/{writer}" if writer else base
 
     def _sha256(self, path: str) -> str:
         h = hashlib.sha256()
@@ -155,7 +190,7 @@ class Store:
         local = cache_dir() / "artifacts" / stage / key
         if not (local / MARKER).is_file():
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=_mkdir(local.parent)))
-            self.fs.get(self.path(stage, key) + "/", str(tmp) + "/", recursive=True)
+            self.fs.get(self.committed_folder(stage, key) + "/", str(tmp) + "/", recursive=True)
             shutil.rmtree(local, ignore_errors=True)
             os.rename(tmp, local)
         return local
@@ -213,8 +248,10 @@ class Store:
     def commit(
         self, stage: str, key: str, workdir: Path, inputs: dict[str, Any], metadata: dict[str, Any] | None = None
     ) -> Lookup:
-        """Publish a finished work folder: files, then manifest, then the marker."""
+        """Publish a finished work folder: files, then manifest, then the marker (object stores: under this
+        writer's own prefix, then the top marker naming it)."""
         workdir = Path(workdir)
+        writer = None if self.is_local else writer_id()
         files = [
             {"path": p.relative_to(workdir).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(workdir.rglob("*"))
@@ -226,6 +263,7 @@ class Store:
             "inputs": inputs,
             "files": files,
             "metadata": metadata or {},
+            **({"writer": writer} if writer else {}),
             "newt_version": __version__,
             "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -237,28 +275,24 @@ class Store:
             return self.lookup(stage, key)
         if self.is_local and self.fs.exists(final):  # an uncommitted or corrupt leftover (we hold the key's lock)
             self.fs.rm(final, recursive=True)
-        # Object stores: no removal first. Another machine may be uploading the same key right now (there is no
-        # lock across machines); deleting would destroy its files. Same paths are overwritten, and a stray file
-        # of a crashed build is not in the manifest, so it is never read as part of the artifact.
         if self.is_local:
             (workdir / MANIFEST).write_bytes(raw)
             _fsync_tree(workdir)
             (workdir / MARKER).write_text(marker)
             os.rename(workdir, final)
         else:
+            # Object stores: nothing is removed and nothing is shared. Another machine may be uploading the same
+            # key right now (there is no lock across machines); this writer's files go under its own prefix, and
+            # the top marker, one PUT, publishes the whole set at once.
+            mine = f"{final}/{writer}"
             for entry in files:
-                self.fs.put_file(str(workdir / entry["path"]), f"{final}/{entry['path']}")
-            self.fs.pipe_file(f"{final}/{MANIFEST}", raw)
-            self.fs.pipe_file(f"{final}/{MARKER}", marker.encode())
+                self.fs.put_file(str(workdir / entry["path"]), f"{mine}/{entry['path']}")
+            self.fs.pipe_file(f"{mine}/{MANIFEST}", raw)
+            self.fs.pipe_file(f"{mine}/{MARKER}", marker.encode())  # this set is complete (a download's check)
+            self.fs.pipe_file(f"{final}/{MARKER}", f"{marker} {writer}".encode())
             shutil.rmtree(workdir, ignore_errors=True)
+        # Whichever writer's marker landed last, it names a set that is complete on its own: a hit either way.
         found = self.lookup(stage, key)
-        for _ in range(0 if self.is_local else 10):
-            if found.hit:
-                break
-            # A concurrent writer of the same key on another machine is between its manifest and its marker:
-            # its marker, written last, makes the folder consistent again.
-            time.sleep(0.3)
-            found = self.lookup(stage, key)
         if not found.hit:
             raise CacheError(f"commit of {stage}/{key} did not verify: {found.reason}")
         return found

@@ -533,6 +533,39 @@ class Recipe(Strict):
             raise ValueError("the URI carries credentials (user:password@); remove them and export "
                              "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
         return value
+    # issue 19: launchers (docs/scaling.md). World size = num_processes x num_machines changes the global batch, so
+    # num_machines keys `trained`; which machine is which, and where rank 0 listens, change no weights: no tag.
+    launcher: Literal["local", "ray"] = knob(
+        "local", "Where `trained` runs its child: `local` (accelerate launch here, or the Dagster launcher "
+        "resource) or `ray` (one accelerate launch per node of the Ray cluster at RAY_ADDRESS or NEWT_LAUNCHER).",
+    )
+    num_machines: int = knob(1, "Machines (nodes) training together; each runs num_processes processes.",
+                             "trained", ge=1)
+    machine_rank: int = knob(0, "This machine's rank among num_machines (0 is the main machine; not with ray).", ge=0)
+    main_process_ip: str | None = knob(
+        None, "Address of machine 0 that the other machines connect to (accelerate's --main_process_ip).",
+    )
+    main_process_port: int | None = knob(
+        None, "Port on machine 0 for the rendezvous (accelerate's --main_process_port); unset: 29500 on several "
+        "machines, a free port on one.",
+        ge=1, le=65535,
+    )
+    ray_max_restarts: int = knob(
+        3, "Times the ray launcher restarts the training after a worker or node dies (it resumes from the last "
+        "checkpoint).", ge=0,
+    )
+
+    @model_validator(mode="after")
+    def _machines(self) -> Recipe:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} is not below num_machines {self.num_machines}; "
+                             f"ranks run 0..{self.num_machines - 1}")
+        if self.launcher == "ray" and self.machine_rank:
+            raise ValueError("machine_rank is set by the Ray launcher for each node; remove it with launcher: ray")
+        if self.launcher == "local" and self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError(f"num_machines: {self.num_machines} needs main_process_ip, the address of machine 0 "
+                             "that every machine can reach (or launcher: ray, which finds it)")
+        return self
 
     _name: str = PrivateAttr("recipe")
     _source: str | None = PrivateAttr(None)

@@ -107,11 +107,9 @@ def build(run: StageRun) -> dict[str, Any]:
         if recipe.sample_packing:
             from newt.packing import pack_dataset
 
-            train = merged.select(order[n_val:]).select_columns(out_cols)
-            packed, report["packing"] = pack_dataset(train, lengths[order[n_val:]], recipe.sequence_len,
-                                                     seed=recipe.seed, num_proc=num_proc, cache_dir=tmp,
-                                                     fingerprint=f"{run.key[:24]}-packed")
-            splits["train"] = (packed, np.arange(len(packed)), packed.column_names)
+            packed, bin_order, report["packing"] = pack_dataset(merged, order[n_val:], recipe.sequence_len,
+                                                                seed=recipe.seed, cache_dir=tmp)
+            splits["train"] = (packed, bin_order, packed.column_names)
         if n_val:  # datasets 5.2's load_from_disk rejects an empty split: it is left out (load_prepared: empty)
             splits["validation"] = (merged, order[:n_val], out_cols)
         n_train = len(splits["train"][1])

@@ -37,6 +37,10 @@ class LocalLauncher(TrainingLauncher):
     """
 
     def launch(self, context: dg.AssetExecutionContext, recipe: Recipe, cmd: list[str], env: dict[str, str]) -> None:
+        if recipe.launcher == "ray":  # the recipe asks for its cluster (issue 19): RAY_ADDRESS names it
+            from .ray_launcher import RayLauncher
+
+            return RayLauncher().launch(context, recipe, cmd, env)
         from newt.train import lifetime
 
         with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
@@ -124,14 +128,19 @@ class K8sLauncher(TrainingLauncher):
 
 def launcher_from_env() -> TrainingLauncher:
     """`NEWT_LAUNCHER=k8s` (+ `NEWT_K8S_IMAGE`, optional `NEWT_K8S_NAMESPACE`, `NEWT_K8S_STORE_CLAIM`,
-    `NEWT_K8S_STORE_MOUNT`) runs training in pods; anything else, or unset, runs it locally."""
+    `NEWT_K8S_STORE_MOUNT`) runs training in pods; `ray://HOST:PORT`, or `ray` with RAY_ADDRESS, on a Ray cluster
+    (resources/ray_launcher.py); `local`, or unset, runs it locally."""
     import os
 
     kind = os.environ.get("NEWT_LAUNCHER", "local")
     if kind == "local":
         return LocalLauncher()
+    if kind == "ray" or kind.startswith("ray://"):  # Ray cluster: ray://HOST:PORT, or `ray` with RAY_ADDRESS
+        from .ray_launcher import RayLauncher
+
+        return RayLauncher(address=kind if kind.startswith("ray://") else None)
     if kind != "k8s":
-        raise ValueError(f"NEWT_LAUNCHER={kind!r}; use local or k8s")
+        raise ValueError(f"NEWT_LAUNCHER={kind!r}; use local, k8s, ray (with RAY_ADDRESS) or ray://HOST:PORT")
     image = os.environ.get("NEWT_K8S_IMAGE")
     if not image:
         raise ValueError("NEWT_LAUNCHER=k8s needs NEWT_K8S_IMAGE, the image with newt installed")

@@ -70,3 +70,58 @@ def test_packed_and_unpacked_losses_agree() -> None:
     assert packed[1] == count
     assert abs(packed[0] - total) / total < 1e-4
     assert abs(leaky[0] - total) / total > 1e-3
+
+
+def _arrow_rows(tmp_path, n: int, seed: int = 0):
+    """n rows of input_ids/labels (lengths 1..40, labels = -ids) in two Arrow files, as prepare's map writes them."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 41, size=n)
+    ids = [list(range(1000 * i, 1000 * i + int(k))) for i, k in enumerate(lengths)]
+    feats = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                               "labels": datasets.List(datasets.Value("int32"))})
+    half = n // 2
+    parts = []
+    for j, (a, b) in enumerate(((0, half), (half, n))):
+        d = datasets.Dataset.from_dict({"input_ids": ids[a:b], "labels": [[-t for t in r] for r in ids[a:b]]},
+                                       features=feats)
+        parts.append(d.map(lambda x: x, cache_file_name=str(tmp_path / f"src-{j}.arrow")))  # on disk, no indices
+    return datasets.concatenate_datasets(parts), ids
+
+
+def test_windowed_packing_keeps_every_row_once_and_bins_within_windows(tmp_path, monkeypatch) -> None:
+    import newt.packing
+    from newt.packing import pack_dataset
+
+    rows, ids = _arrow_rows(tmp_path, 60)
+    order = np.random.default_rng(1).permutation(60)[:50]  # a train split: shuffled, some rows held out
+    stored = sorted(order.tolist())  # windows follow the storage order: 16, 16, 16, 2 rows
+    monkeypatch.setattr(newt.packing, "WINDOW", 16)
+    out = tmp_path / "out"
+    out.mkdir()
+    packed, bin_order, info = pack_dataset(rows, order, 64, seed=3, cache_dir=str(out))
+    seen, windows = [], []
+    for row in packed:
+        assert sum(row["seq_lengths"]) == len(row["input_ids"]) == len(row["labels"]) <= 64
+        start = 0
+        members = []
+        for k in row["seq_lengths"]:
+            piece = row["input_ids"][start:start + k]
+            assert row["labels"][start:start + k] == [-t for t in piece]  # labels travel with their ids
+            members.append(piece[0] // 1000)  # the source row this example is
+            start += k
+        assert members == sorted(members)  # row order inside a bin
+        seen += members
+        windows.append({stored.index(r) // 16 for r in members})
+    assert sorted(seen) == stored  # every train row exactly once, no held-out row
+    assert all(len(w) == 1 for w in windows), "a bin never mixes rows of two windows"
+    assert sorted({next(iter(w)) for w in windows}) == [0, 1, 2, 3]
+    assert info["rows"] == 50 and info["bins"] == len(packed) and info["capacity"] == 64
+    total = sum(len(ids[r]) for r in order)
+    assert info["fill"] == round(total / (len(packed) * 64), 4)
+    assert sorted(bin_order.tolist()) == list(range(len(packed)))
+    again, again_order, _ = pack_dataset(rows, order, 64, seed=3, cache_dir=str(tmp_path))
+    assert again["input_ids"] == packed["input_ids"] and again_order.tolist() == bin_order.tolist()  # deterministic
+    _, other_order, _ = pack_dataset(rows, order, 64, seed=4, cache_dir=str(tmp_path))
+    assert other_order.tolist() != bin_order.tolist()  # the seed decides the order bins are trained in

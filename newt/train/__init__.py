@@ -81,23 +81,27 @@ def accelerate_command(recipe: Recipe, script_args: list[str], *, cuda: bool | N
         import torch
 
         cuda = torch.cuda.is_available()
+    from newt.train.multinode import machine_args
+
     n = recipe.num_processes
+    config = preset_path(recipe.accelerate_config) if recipe.accelerate_config else None
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     from newt.train.launch_config import write_config  # issue 16: deepspeed / fsdp keys
 
     generated = write_config(recipe, workdir) if workdir is not None else None
     if generated is not None:
-        cmd += ["--config_file", str(generated)]
-    elif recipe.accelerate_config:
-        cmd += ["--config_file", str(preset_path(recipe.accelerate_config))]
-    elif n > 1:
+        config = generated
+    if config:
+        cmd += ["--config_file", str(config)]
+    elif n > 1 or recipe.num_machines > 1:
         # `--cpu --num_processes 2` silently runs ONE process (accelerate 1.15); `--multi_gpu` with use_cpu=True in
         # the child gives real gloo DDP processes on CPU and NCCL ones on GPUs.
-        cmd += ["--multi_gpu", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port())]
+        cmd.append("--multi_gpu")
+        if recipe.num_machines == 1:
+            cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port or free_port())]
     elif not cuda:
         cmd.append("--cpu")
-    cmd += ["--num_processes", str(n), "--num_machines", "1", "--mixed_precision", recipe.mixed_precision,
-            "--dynamo_backend", "no"]
+    cmd += [*machine_args(recipe, config), "--mixed_precision", recipe.mixed_precision, "--dynamo_backend", "no"]
     return [*cmd, "-m", module_of(recipe), *script_args]
 
 
@@ -113,6 +117,15 @@ def subprocess_launcher(cmd: list[str], env: dict[str, str]) -> None:
         lifetime.stop(proc)
     if proc.returncode != 0:
         raise lifetime.ChildFailed(proc.returncode, cmd)
+
+
+def default_launcher(recipe: Recipe):
+    """Where the child runs when no launcher was given (CLI, tests): here, or on the Ray cluster (`launcher: ray`)."""
+    if recipe.launcher == "ray":
+        from newt.train.ray_job import RayRun
+
+        return RayRun(recipe).launch
+    return subprocess_launcher
 
 
 def child_env() -> dict[str, str]:
@@ -173,8 +186,11 @@ def build(run: StageRun) -> dict[str, Any]:
             "--base-model", resolve(run.recipe.base_model), "--recipe-name", run.recipe.name, "--stage-key", run.key]
     (work / "metrics.json").unlink(missing_ok=True)  # a stale file from a crashed run must not pass for a result
     cmd = accelerate_command(run.recipe, args, workdir=work)
-    (run.launcher or subprocess_launcher)(cmd, child_env())
+    (run.launcher or default_launcher(run.recipe))(cmd, child_env())
     metrics_file = work / "metrics.json"
+    if not metrics_file.is_file() and run.recipe.machine_rank > 0:
+        raise TrainError(f"machine_rank {run.recipe.machine_rank}: this machine's part of the training finished; "
+                         "machine 0 writes and commits the trained artifact, this one commits nothing")
     if not metrics_file.is_file():
         raise RuntimeError(f"training child exited without writing {metrics_file}; see its log above")
     return json.loads(metrics_file.read_text())

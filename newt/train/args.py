@@ -79,7 +79,10 @@ def training_kwargs(recipe: Recipe, checkpoints: Path, *, has_eval: bool = False
         "gradient_checkpointing_kwargs": recipe.gradient_checkpointing_kwargs,
         "torch_compile": recipe.torch_compile,
         "disable_tqdm": True,
-        "ddp_find_unused_parameters": False if recipe.num_processes > 1 else None,
+        "ddp_find_unused_parameters": False if recipe.num_processes * recipe.num_machines > 1 else None,
+        # Several machines of their own (launcher local): each keeps checkpoints in its own work folder to resume
+        # from. The Ray launcher's nodes share one work folder (docs/scaling.md): one writer per checkpoint.
+        "save_on_each_node": recipe.num_machines > 1 and recipe.launcher == "local",
         "neftune_noise_alpha": recipe.neftune_noise_alpha,
     }
     for key in ("max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon"):
