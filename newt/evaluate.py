@@ -209,7 +209,7 @@ def build(run: StageRun) -> dict[str, Any]:
     if recipe.rl == "reward":  # issue 18: a reward model loads as a sequence classifier (newt/eval/reward.py)
         from newt.eval import reward
 
-        return reward.build(run)
+        return reward.build(run, load_variant)
     method = recipe.rl or "sft"
     if method not in evaluators():
         raise ValueError(f"evaluation: rl: {method} has no evaluator; known methods: {', '.join(evaluators())}")

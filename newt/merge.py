@@ -59,7 +59,7 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
         if adapter == "qlora":
             kwargs["quantization_config"] = qlora_base_config(torch_dtype)
         if _adapter_task(trained / "adapter") == "SEQ_CLS":  # a reward model (rl: reward): base + its score head
-            from newt.eval.reward import load_scorer
+            from newt.models import load_scorer
 
             base = load_scorer(base_model, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                tokenizer=str(trained / "adapter"))

@@ -138,3 +138,21 @@ def load_model(name: str, *, trust_remote_code: bool = False, dtype: Any = None,
         str(local_snapshot(name)), trust_remote_code=trust_remote_code, dtype=dtype or "auto", use_safetensors=True,
         **kwargs,
     )
+
+
+def load_scorer(name: str, *, dtype: Any = None, trust_remote_code: bool = False, seed: int | None = None,
+                tokenizer: str | None = None) -> Any:
+    """`name` as a one-output sequence classifier; a causal LM folder gets a fresh head (seeded when `seed` is
+    given). Its pad token id comes from `tokenizer` (default: `name`'s own), since the head reads the last non-pad
+    token."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    if seed is not None:
+        set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(local_snapshot(name)), num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or "auto",
+        use_safetensors=True,
+    )
+    tok = load_tokenizer(tokenizer or name, trust_remote_code=trust_remote_code)
+    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return model

@@ -95,7 +95,7 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
-    from newt.prepare import arrow_files, gather
+    from newt.prepare_shards import arrow_files, gather
 
     files = arrow_files(rows)
     if files is None:

@@ -121,7 +121,7 @@ def test_value_errors_say_the_fix() -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe(BASE + "bf16: maybe\nrl: orpoo\noptimizer: adamw_bnb_8bt\nlora_r: x\n")
     p = {line.split(":", 1)[0]: line for line in info.value.problems}
-    assert p["rl"] == "rl: got 'orpoo'; choose one of: dpo, kto, grpo, orpo, simpo, cpo (did you mean 'orpo'?)"
+    assert p["rl"] == "rl: got 'orpoo'; choose one of: dpo, kto, grpo, orpo, simpo, cpo, reward (did you mean 'orpo'?)"
     assert p["bf16"] == ("bf16: got 'maybe'; input should be a valid boolean, unable to interpret input; write true "
                          "or false; or choose one of: auto")  # the union's two alternatives, one line
     assert p["optimizer"].startswith("optimizer: got 'adamw_bnb_8bt'; not an optimizer transformers knows; choose "

@@ -20,27 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe
-from newt.pipeline import StageRun
-
-
-def load_scorer(name: str, *, dtype: Any = None, trust_remote_code: bool = False, seed: int | None = None,
-                tokenizer: str | None = None) -> Any:
-    """`name` as a one-output sequence classifier; a causal LM folder gets a fresh head (seeded when `seed` is
-    given). Its pad token id comes from `tokenizer` (default: `name`'s own), since the head reads the last non-pad
-    token."""
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    from newt.models import load_tokenizer, local_snapshot
-
-    if seed is not None:
-        set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(local_snapshot(name)), num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype or "auto",
-        use_safetensors=True,
-    )
-    tok = load_tokenizer(tokenizer or name, trust_remote_code=trust_remote_code)
-    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return model
+from newt.models import load_scorer  # noqa: F401 - the reward model's loader, also used by newt.merge
+from newt.stage import StageRun
 
 
 def rewards(model: Any, pad_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
@@ -80,11 +61,11 @@ def scores(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, context
     }
 
 
-def build(run: StageRun) -> dict[str, Any]:
-    """The evaluation stage for `rl: reward`: `scores` for each variant of `eval.models`."""
+def build(run: StageRun, load_variant: Any) -> dict[str, Any]:
+    """The evaluation stage for `rl: reward`: `scores` for each variant of `eval.models`, loaded by the evaluation
+    stage's `load_variant` (passed in: newt.evaluate calls this module)."""
     import json
 
-    from newt.evaluate import load_variant
     from newt.prepare import load_prepared
 
     recipe = run.recipe

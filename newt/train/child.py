@@ -18,7 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from newt.config import Recipe, RecipeError, parse_resolved
-from newt.train import args as train_args
+import newt.train.args as train_args
 from newt.train.hardware import check_settings
 from newt.train.report import Reporter
 

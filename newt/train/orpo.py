@@ -28,7 +28,7 @@ from newt.train.child import (
     save_final,
     training_kwargs,
 )
-from newt.train import args as train_args
+import newt.train.args as train_args
 from newt.train.report import Reporter
 from newt.train.resume import resume_point
 
