@@ -253,9 +253,11 @@ def mark_stop_ends(boundaries: Sequence[RoleBoundary], stops: Sequence[int]) -> 
     `<|user|>`) end at that token with `end_is_stop`, so `train_on_eos` trains it: the model learns to stop there,
     as GLM's own fine-tuning scripts train the token after each assistant message."""
     stops = set(stops)
+    starts = {o.start for o in boundaries}
     out = []
     for b in boundaries:
-        if not b.include_end and b.end and b.end[0] in stops and not b.more_ends:
+        opens_next = any(s[: len(b.end)] == b.end or b.end[: len(s)] == s for s in starts)
+        if not b.include_end and b.end and b.end[0] in stops and not b.more_ends and opens_next:
             b = dataclasses.replace(b, end=b.end[:1], end_is_stop=True)
         out.append(b)
     return out
