@@ -151,11 +151,10 @@ def build(run: StageRun) -> dict[str, Any]:
             f"not conversations with a reference answer); materialize up to `quantized`, or evaluate the merged "
             f"model with an SFT recipe's eval.lm_eval_tasks"
         )
-    if recipe.processor_type:
-        raise ValueError(
-            "evaluation: multimodal recipes (processor_type) are not evaluated yet (generation would need each held-out "
-            "row's images); materialize up to `merged`"
-        )
+    if recipe.processor_type:  # rows with their images: newt/vision_eval.py
+        from newt import vision_eval
+
+        return vision_eval.build(run)
     held_out = load_prepared(run.upstream["prepared"], "validation")
     if len(held_out) == 0:
         raise ValueError("evaluation: the prepared data has no validation rows; set val_set_size (e.g. 0.05 or 200)")

@@ -101,8 +101,14 @@ def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     )
 
-    model_type = AutoConfig.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code).model_type
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    folder = local_snapshot(name)
+    model_type = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code).model_type
+    # A folder with a processor is a vision-language checkpoint even where the causal-LM mapping also names the
+    # model type (Mllama's maps to the text-only MllamaForCausalLM, which would drop the vision tower).
+    multimodal = any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and (
+        multimodal or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 

@@ -36,8 +36,9 @@ STAGE_DEFS: dict[str, StageDef] = {
         StageDef("trained", ("prepared",), ("newt.train", "newt.rewards"),
                  "SFT (full, LoRA, QLoRA), DPO, KTO or GRPO run under accelerate."),
         StageDef("merged", ("trained",), ("newt.merge",), "Adapter merged into safetensors weights + tokenizer."),
-        StageDef("quantized", ("merged",), ("newt.quantize", "newt.export", "newt.pipeline"), "Quantized/exported model that reloads."),
-        StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate",),
+        StageDef("quantized", ("merged",), ("newt.quantize", "newt.vision_quantize", "newt.export", "newt.pipeline"),
+                 "Quantized/exported model that reloads."),
+        StageDef("evaluation", ("prepared", "merged", "quantized"), ("newt.evaluate", "newt.vision_eval"),
                  "Held-out loss and generation exact match for each model variant; gates are asset checks."),
     )
 }

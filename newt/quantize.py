@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from newt.vision_quantize import is_multimodal, load_multimodal, quantize_multimodal
+
 Method = Literal["int8_weight_only", "int4_weight_only", "bnb_8bit", "bnb_4bit", "gguf_f16", "gguf_q8_0"]
 METHODS: tuple[str, ...] = (
     "int8_weight_only",
@@ -75,6 +77,8 @@ def quantize(model_dir: Path, out_dir: Path, method: str, *, device: str = "cpu"
         from newt.export.gguf import write_gguf
 
         details = write_gguf(model_dir, out_dir / GGUF_FILE, gguf_type=method.removeprefix("gguf_"))
+    elif is_multimodal(model_dir):  # vision-language: the language model only (newt/vision_quantize.py)
+        details = quantize_multimodal(model_dir, out_dir, method, device)
     else:
         details = _quantize_with_transformers(model_dir, out_dir, method, device)
     _copy_tokenizer(model_dir, out_dir)
@@ -113,6 +117,8 @@ def load_quantized(out_dir: Path, method: str | None = None):
         raise QuantizeError(f"unknown quantize method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "int4_weight_only" and not torch.cuda.is_available():
         raise QuantizeError(_int4_device_message("cpu"))
+    if is_multimodal(out_dir):
+        return load_multimodal(out_dir, method)  # (model, processor)
 
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     if method.startswith("gguf_"):

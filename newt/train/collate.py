@@ -58,7 +58,9 @@ class VisionCollator:
         if any(audio):
             batch.update(audio_inputs(self.processor, [a for row in audio for a in row]))
         batch.update(token_inputs(self.processor, input_ids, batch, self.input_names))
-        return batch
+        # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above).
+        unused = set(getattr(self.processor, "unused_input_names", ()) or ())
+        return {k: v for k, v in batch.items() if k not in unused and isinstance(v, torch.Tensor)}
 
 
 def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
