@@ -13,10 +13,12 @@ from newt.cache import dir_digest
 from newt.tiny import ensure_builtin
 
 # Files that make up a tokenizer; a change to any of them changes the `prepared` key, a weights change does not.
+# generation_config.json: its stop tokens decide whether a turn closed by the next role's marker trains it (GLM-4,
+# newt.masking.boundaries.stop_ids).
 TOKENIZER_FILES = {
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json",
-    "preprocessor_config.json", "processor_config.json",
+    "preprocessor_config.json", "processor_config.json", "generation_config.json",
 }
 
 

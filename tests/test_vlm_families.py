@@ -39,18 +39,21 @@ class Family:
     media: tuple[str, ...]  # the tokens an image becomes
     image_size: int
     model_class: str
+    towers: tuple[str, ...]  # the modules quantization keeps in full precision
 
 
 FAMILIES = {
-    "llava": Family("builtin:tiny-llava", "<|im_end|>", ("<image>",), 28, "LlavaForConditionalGeneration"),
+    "llava": Family("builtin:tiny-llava", "<|im_end|>", ("<image>",), 28, "LlavaForConditionalGeneration",
+                    ("model.multi_modal_projector", "model.vision_tower")),
     "gemma3": Family("builtin:tiny-gemma3", "<end_of_turn>", ("<start_of_image>", "<image_soft_token>",
                                                                "<end_of_image>"), 28,
-                     "Gemma3ForConditionalGeneration"),
+                     "Gemma3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
     "smolvlm": Family("builtin:tiny-smolvlm", "<end_of_utterance>",
                       ("<fake_token_around_image>", "<global-img>", "<image>"), 56,
-                      "Idefics3ForConditionalGeneration"),
+                      "Idefics3ForConditionalGeneration", ("model.connector", "model.vision_model")),
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
-                              "MllamaForConditionalGeneration"),
+                              "MllamaForConditionalGeneration",
+                              ("model.multi_modal_projector", "model.vision_model")),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -204,10 +207,12 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     # quantized: int8 weight-only on the language model, the vision tower and projector in full precision
     qdir = Path(meta["quantized"]["artifact"].value) / "model"
     info = json.loads((qdir / "quantize.json").read_text())
-    assert info["method"] == "int8_weight_only" and info["quantized_modules"] > 0 and info["full_precision_modules"]
+    assert info["method"] == "int8_weight_only" and info["quantized_modules"] > 0
+    assert info["full_precision_modules"] == list(spec.towers)
     qmodel, qproc = load_quantized(qdir)
     assert type(qmodel).__name__ == spec.model_class and hasattr(qproc, "image_processor")
-    kept = [p for n, p in qmodel.named_parameters() if any(n.startswith(k + ".") for k in info["full_precision_modules"])]
+    keep = info["full_precision_modules"]
+    kept = [p for n, p in qmodel.named_parameters() if any(n.startswith(k + ".") for k in keep)]
     assert kept and all(type(p).__name__ in ("Parameter", "Tensor") and p.dtype == torch.float32 for p in kept)
 
     # evaluation: every variant scored the held-out rows with their images, one generated answer per row
@@ -218,3 +223,12 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     assert all(len(answers) == 2 for answers in generations.values())
     scores = json.loads((out / "results.json").read_text())
     assert all(np.isfinite(scores[v]["loss"]) and scores[v]["rows"] == 2 for v in generations)
+
+
+def test_vlm_quantize_takes_torchao_methods_only(tmp_path: Path) -> None:
+    from newt.models import local_snapshot
+    from newt.quantize import QuantizeError, quantize
+
+    with pytest.raises(QuantizeError, match=r"'bnb_4bit' does not support the vision-language architecture "
+                                            r"'LlavaForConditionalGeneration'.*int8_weight_only"):
+        quantize(local_snapshot("builtin:tiny-llava"), tmp_path / "q", "bnb_4bit")

@@ -134,7 +134,8 @@ def process_and_mask(
 def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
     """{path: sha256} of every local image file a local JSON Lines / JSON dataset's rows name (parts or the
     `images`/`image` column), so the `prepared` key changes when an image is replaced in place. Images given as
-    bytes or base64 are in the dataset file itself; remote URLs and other formats are not read here (docs/masking.md)."""
+    bytes or base64 are in the dataset file itself; remote URLs and other formats are not read here
+    (docs/masking.md)."""
     import json
     from pathlib import Path
 

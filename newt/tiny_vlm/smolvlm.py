@@ -17,7 +17,12 @@ TOKENS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_ar
 
 
 def build(out: Path) -> None:
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     template = building.trl_template("smolvlm")
     tok = building.tokenizer(TOKENS, template, eos="<end_of_utterance>", pad="<|endoftext|>",
