@@ -232,3 +232,50 @@ def test_vlm_quantize_takes_torchao_methods_only(tmp_path: Path) -> None:
     with pytest.raises(QuantizeError, match=r"'bnb_4bit' does not support the vision-language architecture "
                                             r"'LlavaForConditionalGeneration'.*int8_weight_only"):
         quantize(local_snapshot("builtin:tiny-llava"), tmp_path / "q", "bnb_4bit")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
+def test_collator_gives_the_forward_what_the_processor_gives(family: str, processors) -> None:
+    """A batch of a row with an image and a text-only row: padded ids and labels, the processor's pixel layout,
+    token types where the processor names them, Mllama's cross-attention mask; the model's forward accepts it."""
+    import torch
+    import transformers
+
+    from newt.models import local_snapshot
+    from newt.train.collate import VisionCollator
+
+    spec, proc = FAMILIES[family], processors(family)
+    tok = proc.tokenizer
+    masker = Masker(proc)
+    with_image = process_and_mask(proc, [conversation("red")], masker, images=[[square(COLOURS["red"],
+                                                                                     spec.image_size)]])
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
+    plain = process_and_mask(proc, [text_only], masker)
+    rows = [{"input_ids": with_image["input_ids"][0], "labels": with_image["labels"][0],
+             "images": with_image["image_bytes"][0]},
+            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": []}]
+    batch = VisionCollator(proc)(rows)
+    n, k = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    assert batch["input_ids"][1].tolist() == rows[1]["input_ids"] + [tok.pad_token_id] * (n - k)
+    assert batch["labels"][1].tolist() == rows[1]["labels"] + [X] * (n - k)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [n, k]
+    image_id = tok.convert_tokens_to_ids(spec.media[-1] if family != "gemma3" else "<image_soft_token>")
+    keys = set(batch) - {"input_ids", "labels", "attention_mask"}
+    if family == "gemma3":
+        assert keys == {"pixel_values", "token_type_ids"}
+        assert batch["token_type_ids"].tolist() == (batch["input_ids"] == image_id).long().tolist()
+        assert tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
+    elif family == "llama3_2_vision":
+        assert keys == {"pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"}
+        mask = batch["cross_attention_mask"]
+        first = rows[0]["input_ids"].index(image_id)
+        assert tuple(mask.shape) == (2, n, 1, 1) and tuple(batch["pixel_values"].shape) == (2, 1, 1, 3, 28, 28)
+        assert mask[0, :, 0, 0].tolist() == [0] * first + [1] * (n - first) and int(mask[1].sum()) == 0
+    elif family == "smolvlm":
+        assert keys == {"pixel_values", "pixel_attention_mask"}
+        assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
+    else:
+        assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    assert torch.isfinite(model(**batch).loss)

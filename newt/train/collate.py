@@ -6,8 +6,9 @@ masking engine decided, and each row's media as encoded bytes. At batch time the
 takes:
 
 - the media side (pixel values in the family's layout, `image_grid_thw`, `image_sizes`, `aspect_ratio_ids` /
-  `aspect_ratio_mask`, `pixel_attention_mask`, audio `input_features`, ...): the processor called on the media
-  alone, which runs its image processor (or feature extractor) with the processor's own settings;
+  `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's image processor on the batch's images, one
+  list per row (rows without images included: per-row layouts such as Mllama's and Idefics3's keep the batch
+  dimension, flat layouts such as LLaVA's and Gemma 3's concatenate), with the settings saved with the processor;
 - the token side: `mm_token_type_ids` / `token_type_ids` (Gemma 3, Qwen2-VL's multimodal RoPE) from the
   processor's `create_mm_token_type_ids` on the padded ids; Mllama's `cross_attention_mask` from the Mllama
   processor module's own functions (which image each text token attends to, over the image's tiles).
@@ -32,7 +33,7 @@ class VisionCollator:
     """Right-pads `input_ids`/`labels`, and adds the processor's media and token-type outputs for the batch.
 
     Images are given to the processor per row, in row order, which is the order of their placeholders in the
-    batch; a row's `audio` column (encoded sound files) goes to the processor's feature extractor the same way."""
+    batch."""
 
     def __init__(self, processor: Any):
         self.processor = processor
@@ -54,9 +55,6 @@ class VisionCollator:
         images = [[_image(b) for b in r.get("images") or ()] for r in rows]
         if any(images):
             batch.update(media_inputs(self.processor, images))
-        audio = [[_audio(b, self.processor) for b in r.get("audio") or ()] for r in rows]
-        if any(audio):
-            batch.update(audio_inputs(self.processor, [a for row in audio for a in row]))
         batch.update(token_inputs(self.processor, input_ids, batch, self.input_names))
         # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above).
         unused = set(getattr(self.processor, "unused_input_names", ()) or ())
@@ -64,16 +62,8 @@ class VisionCollator:
 
 
 def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
-    """The processor's image-side outputs for a batch (nested per row; rows without images are left out where
-    the processor wants a flat list)."""
-    nested = [row for row in images if row]
-    out = processor.image_processor(nested, return_tensors="pt")
-    return {k: v for k, v in out.items() if k not in TEXT_KEYS}
-
-
-def audio_inputs(processor: Any, clips: list[Any]) -> dict:
-    extractor = processor.feature_extractor
-    out = extractor(clips, sampling_rate=extractor.sampling_rate, return_tensors="pt")
+    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none)."""
+    out = processor.image_processor(images, return_tensors="pt")
     return {k: v for k, v in out.items() if k not in TEXT_KEYS}
 
 
@@ -83,7 +73,7 @@ def token_inputs(processor: Any, input_ids: torch.Tensor, batch: dict, input_nam
     if wanted and hasattr(processor, "create_mm_token_type_ids"):
         types = torch.as_tensor(processor.create_mm_token_type_ids(input_ids.tolist()), dtype=torch.long)
         out.update({k: types for k in wanted})
-    if "cross_attention_mask" in input_names and "aspect_ratio_ids" in batch:
+    if "cross_attention_mask" in input_names and "num_tiles" in batch:
         out["cross_attention_mask"] = _mllama_cross_attention(processor, input_ids, batch)
     return out
 
@@ -98,14 +88,9 @@ def _mllama_cross_attention(processor: Any, input_ids: torch.Tensor, batch: dict
     image_id = processor.image_token_id
     sparse = [get_cross_attention_token_mask(row, image_id) for row in input_ids.tolist()]
     mask = convert_sparse_cross_attention_mask_to_dense(
-        sparse, num_tiles=batch["num_tiles"] if "num_tiles" in batch else _num_tiles(batch),
-        max_num_tiles=processor.image_processor.max_image_tiles, length=input_ids.shape[1])
+        sparse, num_tiles=batch["num_tiles"], max_num_tiles=processor.image_processor.max_image_tiles,
+        length=input_ids.shape[1])
     return torch.as_tensor(mask)
-
-
-def _num_tiles(batch: dict) -> list[list[int]]:
-    mask = batch["aspect_ratio_mask"]
-    return [[int(m.sum()) for m in row if int(m.sum())] for row in mask]
 
 
 def _image(data: bytes) -> Any:
@@ -113,11 +98,3 @@ def _image(data: bytes) -> Any:
 
     return Image.open(io.BytesIO(data)).convert("RGB")
 
-
-def _audio(data: bytes, processor: Any) -> Any:
-    """An encoded sound file as mono float samples at the feature extractor's rate (stored audio is written at
-    that rate by prepare, so no resampling happens here)."""
-    import soundfile
-
-    samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples.mean(axis=1)

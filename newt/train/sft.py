@@ -23,7 +23,6 @@ from transformers import set_seed
 
 from newt.models import load_processor, load_tokenizer
 from newt.prepare import load_prepared
-from newt.train.collate import VisionCollator  # multimodal batches from the processor's own outputs
 from newt.train.child import (
     StreamMetrics,
     final_metrics,
@@ -34,6 +33,7 @@ from newt.train.child import (
     save_final,
     training_kwargs,
 )
+from newt.train.collate import VisionCollator  # multimodal batches from the processor's own outputs
 from newt.train.report import Reporter
 
 
