@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from newt import IGNORE_INDEX
 from newt.config import Recipe, metric_direction
+from newt.eval.answers import answer_scores  # noqa: F401 - part of this module's API (tests, vision_eval)
 from newt.generate import generate_answers
 from newt.stage import StageRun
 
@@ -52,17 +52,6 @@ def load_variant(variant: str, run: StageRun) -> tuple[Any, Any]:
     from newt.quantize import load_quantized
 
     return load_quantized(Path(run.upstream[variant]) / "model")  # method read from its quantize.json
-
-
-def answer_scores(output: str, reference: str, answer_regex: str | None = None) -> dict[str, bool]:
-    """How one generated answer compares with the reference (both stripped of surrounding whitespace)."""
-    output, reference = output.strip(), reference.strip()
-    scores = {"exact_match": output == reference, "contains": reference in output}
-    if answer_regex is not None:
-        found = re.search(answer_regex, output)
-        extracted = (found.group(1) if found.re.groups else found.group(0)) if found else None
-        scores["regex_match"] = extracted is not None and extracted.strip() == reference
-    return scores
 
 
 def generates(recipe: Recipe) -> bool:
@@ -213,11 +202,10 @@ def build(run: StageRun) -> dict[str, Any]:
     method = recipe.rl or "sft"
     if method not in evaluators():
         raise ValueError(f"evaluation: rl: {method} has no evaluator; known methods: {', '.join(evaluators())}")
-    if recipe.processor_type:
-        raise ValueError(
-            "evaluation: multimodal recipes (processor_type) are not evaluated yet (generation would need each held-out "
-            "row's images); materialize up to `merged`"
-        )
+    if recipe.processor_type:  # rows with their images: newt/vision_eval.py
+        from newt import vision_eval
+
+        return vision_eval.build(run)
     held_out = load_prepared(run.upstream["prepared"], "validation")
     if len(held_out) == 0:
         raise ValueError("evaluation: the prepared data has no validation rows; set val_set_size (e.g. 0.05 or 200)")

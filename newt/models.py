@@ -13,10 +13,12 @@ from newt.digest import dir_digest
 from newt.tiny import ensure_builtin
 
 # Files that make up a tokenizer; a change to any of them changes the `prepared` key, a weights change does not.
+# generation_config.json: its stop tokens decide whether a turn closed by the next role's marker trains it (GLM-4,
+# newt.masking.boundaries.stop_ids).
 TOKENIZER_FILES = {
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json",
-    "preprocessor_config.json", "processor_config.json",
+    "preprocessor_config.json", "processor_config.json", "generation_config.json",
 }
 
 
@@ -122,13 +124,19 @@ def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     )
 
-    config = AutoConfig.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
+    folder = local_snapshot(name)
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     if any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):  # a reward model (rl: reward)
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
     model_type = config.model_type
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    # A folder with a processor is a vision-language checkpoint even where the causal-LM mapping also names the
+    # model type (Mllama's maps to the text-only MllamaForCausalLM, which would drop the vision tower).
+    multimodal = any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and (
+        multimodal or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 

@@ -98,10 +98,16 @@ def external_inputs(recipe: Recipe, stage: str) -> dict[str, Any]:
     if stage == "prepared":
         tok = recipe.tokenizer_config or recipe.base_model
         text = templates.explicit_template(recipe)
-        return {
+        out = {
             "tokenizer_files": models.tokenizer_digest(tok),
             "chat_template_sha256": hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
         }
+        if recipe.processor_type:  # images named by path: their bytes, not their names, key the prepared rows
+            from newt.masking.multimodal import local_image_digests
+            from newt.prepare import image_base
+
+            out["image_files"] = [local_image_digests(s.path, image_base(s.path)) for s in recipe.datasets]
+        return out
     if stage == "trained":
         return {"base_model_files": models.weights_digest(recipe.base_model)}
     if stage == "evaluation" and recipe.eval.lm_eval_include_path:

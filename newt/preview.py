@@ -22,8 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from newt import IGNORE_INDEX
+
 GREEN, RED, DIM, BOLD, RESET = "\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 # How preference/RL columns are shown: (color, what the column is to the trainer).
 TEXT_COLUMNS = {
     "prompt": (DIM, "what the model is given"),

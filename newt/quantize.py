@@ -33,6 +33,13 @@ from newt.stage import StageRun
 
 Method = QuantizeMethod  # the schema declares the methods once
 METHODS: tuple[str, ...] = get_args(QuantizeMethod)
+from newt.quant_backends import (  # how each method runs, shared with newt.vision_quantize
+    check_device as _check_device,
+    is_quantized as _is_quantized,
+    library_version as _library_version,
+    quantization_config as _quantization_config,
+)
+from newt.vision_quantize import is_multimodal, load_multimodal, quantize_multimodal
 
 GGUF_FILE = "model.gguf"
 USES_LIBRARIES = ("bitsandbytes",)  # the bnb methods run through transformers' BitsAndBytesConfig (newt.codeversion)
@@ -69,6 +76,8 @@ def quantize(model_dir: Path, out_dir: Path, method: str, *, device: str = "cpu"
         from newt.export.gguf import write_gguf
 
         details = write_gguf(model_dir, out_dir / GGUF_FILE, gguf_type=method.removeprefix("gguf_"))
+    elif is_multimodal(model_dir):  # vision-language: the language model only (newt/vision_quantize.py)
+        details = quantize_multimodal(model_dir, out_dir, method, device)
     else:
         details = _quantize_with_transformers(model_dir, out_dir, method, device)
     _copy_tokenizer(model_dir, out_dir)
@@ -107,6 +116,8 @@ def load_quantized(out_dir: Path, method: str | None = None):
         raise QuantizeError(f"unknown quantize method {method!r}; choose one of: {', '.join(METHODS)}")
     if method == "int4_weight_only" and not torch.cuda.is_available():
         raise QuantizeError(_int4_device_message("cpu"))
+    if is_multimodal(out_dir):
+        return load_multimodal(out_dir, method)  # (model, processor)
 
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     if method.startswith("gguf_"):
@@ -157,76 +168,6 @@ def _quantize_with_transformers(model_dir: Path, out_dir: Path, method: str, dev
         "library": _library_version(method),
         "torch": torch.__version__,
     }
-
-
-def _quantization_config(method: str, config):
-    import torch
-
-    source_dtype = getattr(config, "dtype", None) or torch.float32
-    if isinstance(source_dtype, str):
-        source_dtype = getattr(torch, source_dtype)
-    if method == "int8_weight_only":
-        from torchao.quantization import Int8WeightOnlyConfig
-        from transformers import TorchAoConfig
-
-        return TorchAoConfig(Int8WeightOnlyConfig()), source_dtype
-    if method == "int4_weight_only":
-        from torchao.quantization import Int4WeightOnlyConfig
-        from transformers import TorchAoConfig
-
-        # tinygemm's layout, the CUDA int4 kernel torch ships; it needs bfloat16 activations. Groups of 128 unless
-        # the model is too narrow for them.
-        group = next(
-            g for g in (128, 64, 32) if config.hidden_size % g == 0 and config.intermediate_size % g == 0
-        )
-        quant = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
-        return TorchAoConfig(quant), torch.bfloat16
-    from transformers import BitsAndBytesConfig
-
-    if method == "bnb_8bit":
-        return BitsAndBytesConfig(load_in_8bit=True), source_dtype
-    # nf4 is the 4-bit type QLoRA introduced and bitsandbytes recommends; compute in the model's own dtype.
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=source_dtype
-    ), source_dtype
-
-
-def _check_device(method: str, device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QuantizeError(
-            f"quantize method {method!r} was asked for device {device!r} but torch sees no CUDA device"
-        )
-    if method == "int4_weight_only" and not device.startswith("cuda"):
-        raise QuantizeError(_int4_device_message(device))
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise QuantizeError(
-            f"quantize method {method!r}: device {device!r} is not supported; use 'cpu' or 'cuda'"
-        )
-
-
-def _int4_device_message(device: str) -> str:
-    return (
-        f"quantize method 'int4_weight_only' needs a CUDA GPU; it cannot run on device {device!r}. torchao's int4 "
-        "weight-only kernels (tinygemm 'tile_packed_to_4d', mslk 'plain') are CUDA-only, and 'plain_int32' is for "
-        "XPU/NPU. On CPU use 'bnb_4bit' or 'int8_weight_only', or 'gguf_q8_0' for llama.cpp."
-    )
-
-
-def _is_quantized(module) -> bool:
-    weight = getattr(module, "weight", None)
-    kind = type(module).__name__
-    return kind in ("Linear8bitLt", "Linear4bit") or (
-        weight is not None and type(weight).__module__.startswith("torchao")
-    )
-
-
-def _library_version(method: str) -> str:
-    from importlib.metadata import version
-
-    name = "torchao" if method.endswith("weight_only") else "bitsandbytes"
-    return f"{name} {version(name)}"
 
 
 def _copy_tokenizer(model_dir: Path, out_dir: Path) -> None:

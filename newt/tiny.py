@@ -68,15 +68,21 @@ BUILTINS = {
 
 def ensure_builtin(name: str) -> Path:
     """Build (once) and return the folder of a built-in model. Safe when several processes race."""
-    if name not in BUILTINS:
-        raise ValueError(f"unknown built-in model {name!r}; built-ins: {', '.join(sorted(BUILTINS))}")
-    target = cache_dir() / "builtin" / f"{name}-v{BUILDER_VERSION}"
+    from newt import tiny_vlm  # the vision-language families, one module each
+
+    families = tiny_vlm.families()
+    family = families.get(name.removeprefix("tiny-")) if name not in BUILTINS else None
+    if name not in BUILTINS and family is None:
+        known = sorted({*BUILTINS, *(f"tiny-{f}" for f in families)})
+        raise ValueError(f"unknown built-in model {name!r}; built-ins: {', '.join(known)}")
+    version = BUILDER_VERSION if family is None else f"{BUILDER_VERSION}.{tiny_vlm.BUILDER_VERSION}"
+    target = cache_dir() / "builtin" / f"{name}-v{version}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build(BUILTINS[name], tmp)
+        family.build(tmp) if family is not None else build(BUILTINS[name], tmp)
         try:
             os.rename(tmp, target)  # atomic; loses to a concurrent builder that finished first
         except OSError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 
 import masking_fixtures as F
@@ -107,7 +109,8 @@ def test_derivation_agrees_with_builtins(tok):
     # Deriving from a template that does have a built-in entry must find the same markers.
     t = tok()
     builtin = [b for b in boundaries_for(t) if b.role in ("system", "user", "assistant")]
-    assert derive_boundaries(t) == builtin
+    # Llama 3.1's second assistant end marker (<|eom_id|>) is built in only: probes never render it.
+    assert derive_boundaries(t) == [dataclasses.replace(b, more_ends=()) for b in builtin]
 
 
 def test_failed_derivation_warns_and_trains_all_but_pad(caplog):

@@ -185,26 +185,27 @@ def reference_labels(ids, boundaries, roles, train_on_eos, train_on_inputs, igno
                 i += 1
                 continue
             c = i + len(best.start)
-            e = None
-            if best.end:
-                for j in range(c, n - len(best.end) + 1):
-                    if list(ids[j : j + len(best.end)]) == list(best.end):
-                        e = j
-                        break
+            e, end = None, ()
+            for j in range(c, n):  # the first end marker in the row; the longest of those starting there
+                hits = [seq for seq in best.ends if list(ids[j : j + len(seq)]) == list(seq)]
+                if hits:
+                    e, end = j, max(hits, key=len)
+                    break
             stop = e if e is not None else n
             if best.role in roles:
                 for k in range(i if best.include_start else c, stop):
                     trained[k] = True
             if e is not None:
-                marker = range(e, e + len(best.end))
+                marker = range(e, e + len(end))
+                trains_end = best.include_end or best.end_is_stop
                 if best.role in roles and train_on_eos == "last":
-                    last = marker if best.include_end else None
-                elif best.include_end and (
+                    last = marker if trains_end else None
+                elif trains_end and (
                     (best.role in roles and train_on_eos in ("turn", "all")) or train_on_eos == "all"
                 ):
                     for k in marker:
                         trained[k] = True
-                i = e if not best.include_end else e + len(best.end)
+                i = e if not best.include_end else e + len(end)
             else:
                 i = n
         if last is not None:
@@ -220,6 +221,17 @@ boundary = st.builds(
     st.lists(token, min_size=1, max_size=3),
     st.lists(token, min_size=0, max_size=2),
     st.booleans(),
+    st.booleans(),
+)
+# Boundaries only the numpy scan handles: several end markers, and end markers that are the next turn's stop token.
+rich_boundary = st.builds(
+    RoleBoundary,
+    st.sampled_from(["user", "assistant", "system"]),
+    st.lists(token, min_size=1, max_size=3),
+    st.lists(token, min_size=1, max_size=2),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.lists(token, min_size=1, max_size=2), max_size=2),
     st.booleans(),
 )
 
@@ -250,6 +262,46 @@ def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
             lab == X for t, lab in zip(row, labels) if t in ignore
         )
         assert all(lab in (X, t) for t, lab in zip(row, labels))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.lists(token, max_size=40), min_size=1, max_size=4),
+    bs=st.lists(st.one_of(boundary, rich_boundary), min_size=1, max_size=4),
+    eos=st.sampled_from(["turn", "all", "last", "none"]),
+    on_inputs=st.booleans(),
+    ignore=st.sets(token, max_size=2),
+    data=st.data(),
+)
+def test_several_end_markers_and_stop_token_ends_agree_with_reference(rows, bs, eos, on_inputs, ignore, data):
+    roles = data.draw(st.lists(st.sampled_from(sorted({b.role for b in bs})), unique=True))
+    kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
+    got = build_labels_batch(rows, bs, **kw)
+    flat = np.array([t for r in rows for t in r], dtype=np.int64)
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    assert label_flat(flat, offsets, bs, **kw).tolist() == [x for r in got for x in r]
+    assert got == [reference_labels(r, bs, set(roles), eos, on_inputs, ignore) for r in rows]
+
+
+def test_several_end_markers_and_a_stop_token_end():
+    # assistant 5 ... ends at 8 or 9; user 4 ... closed by 5, the assistant's start, which is not trained
+    bs = [RoleBoundary("user", [4], [5], include_end=False), RoleBoundary("assistant", [5], [8], more_ends=[[9]])]
+    assert build_labels([4, 1, 5, 2, 9, 4, 1, 5, 3, 8], bs) == [X, X, X, 2, 9, X, X, X, 3, 8]
+    # GLM-4: the assistant turn is closed by the next <|user|> (4), a stop token: trained as the turn's end
+    glm = [RoleBoundary("user", [4], [5], include_end=False), RoleBoundary("assistant", [5], [4], include_end=False,
+                                                                           end_is_stop=True)]
+    assert build_labels([4, 1, 5, 2, 4, 1, 5, 3], glm) == [X, X, X, 2, 4, X, X, 3]
+    assert build_labels([4, 1, 5, 2, 4, 1, 5, 3], glm, train_on_eos="none") == [X, X, X, 2, X, X, X, 3]
+    assert build_labels([4, 1, 5, 2, 4, 1, 5, 3], glm, roles_to_train=["user"]) == [X, 1, X, X, X, 1, X, X]
+
+
+def test_train_on_inputs_without_boundaries_trains_all_but_pad_and_media():
+    # The seed's fallback: no role boundaries at all, and roles_to_train left at its default.
+    assert build_labels([1, 2, 0, 7], [], train_on_inputs=True, ignore_ids=[0, 7]) == [1, 2, X, X]
+    assert label_flat(np.array([1, 2, 0]), np.array([0, 3]), [], train_on_inputs=True, ignore_ids=[0]).tolist() == [
+        1, 2, X]
+    with pytest.raises(MaskingError, match="known roles: none"):
+        build_labels([1, 2], [])
 
 
 # `build_labels` turns each row into a str (one character per id); ids that are not code points

@@ -146,7 +146,7 @@ def _check_row(ids, labs, conv, turns, masker: Masker, roles: set[str], tok) -> 
             )
         if t.end_stop > t.end:
             eos = masker.train_on_eos
-            want_eos = b.include_end and (eos in ("turn", "all") or (eos == "last" and k == last_found))
+            want_eos = b.trains_end and (eos in ("turn", "all") or (eos == "last" and k == last_found))
             marker = [labs[j] != IGNORE_INDEX for j in range(t.end, t.end_stop)]
             if any(marker) != want_eos:
                 problems.append(

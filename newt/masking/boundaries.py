@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from newt.config import RoleBoundarySpec
@@ -115,7 +118,8 @@ def from_specs(
     for i, s in enumerate(specs):
         start = _marker_ids(tokenizer, s.start, f"{where}[{i}].start")
         end = _marker_ids(tokenizer, s.end, f"{where}[{i}].end")
-        primary.append(RoleBoundary(s.role, start, end, s.include_start, s.include_end))
+        more = tuple(_marker_ids(tokenizer, e, f"{where}[{i}].end") for e in s.more_ends)
+        primary.append(RoleBoundary(s.role, start, end, s.include_start, s.include_end, more))
         variants = marker_variants(tokenizer, s.start)[1:]
         stripped = s.start.rstrip()
         if stripped and stripped != s.start:
@@ -124,7 +128,7 @@ def from_specs(
         for v in variants:
             if v and v not in seen:
                 seen.add(v)
-                extra.append(RoleBoundary(s.role, v, end, s.include_start, s.include_end))
+                extra.append(RoleBoundary(s.role, v, end, s.include_start, s.include_end, more))
     return primary + extra
 
 
@@ -139,7 +143,10 @@ def builtin_boundaries(tokenizer: Any, family: Family) -> list[RoleBoundary]:
             _marker_ids(tokenizer, s.end, "end")
         except MaskingError:
             continue
-        specs.append(s)
+        # A special-token end marker this vocabulary lacks (<|eom_id|> before Llama 3.1) is left out.
+        more = tuple(e for e in s.more_ends if not (e.startswith("<") and e.endswith(">"))
+                     or token_id(tokenizer, e) is not None)
+        specs.append(dataclasses.replace(s, more_ends=more))
     return from_specs(tokenizer, specs, where=f"built-in {family.name} boundaries")
 
 
@@ -225,3 +232,31 @@ def never_trained_ids(tokenizer: Any, turn_ends: Iterable[int] = ()) -> tuple[in
     collator."""
     keep = set(turn_ends)
     return tuple(sorted(set(media_ids(tokenizer)) | {p for p in pad_ids(tokenizer) if p not in keep}))
+
+
+def stop_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The model's stop tokens: `eos_token_id` (one id or a list) of the `generation_config.json` saved beside the
+    tokenizer (GLM-4 lists `<|endoftext|>`, `<|user|>`, `<|observation|>`), and the tokenizer's EOS."""
+    tok = text_tokenizer(tokenizer)
+    ids = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
+    folder = Path(str(getattr(tok, "name_or_path", "") or ""))
+    path = folder / "generation_config.json"
+    if folder.parts and path.is_file():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        ids |= {int(i) for i in (eos if isinstance(eos, list) else [eos]) if i is not None}
+    return tuple(sorted(ids))
+
+
+def mark_stop_ends(boundaries: Sequence[RoleBoundary], stops: Sequence[int]) -> list[RoleBoundary]:
+    """Turns closed by the next turn's opening marker (include_end=False) whose first token is a stop token (GLM-4:
+    `<|user|>`) end at that token with `end_is_stop`, so `train_on_eos` trains it: the model learns to stop there,
+    as GLM's own fine-tuning scripts train the token after each assistant message."""
+    stops = set(stops)
+    starts = {o.start for o in boundaries}
+    out = []
+    for b in boundaries:
+        opens_next = any(s[: len(b.end)] == b.end or b.end[: len(s)] == s for s in starts)
+        if not b.include_end and b.end and b.end[0] in stops and not b.more_ends and opens_next:
+            b = dataclasses.replace(b, end=b.end[:1], end_is_stop=True)
+        out.append(b)
+    return out

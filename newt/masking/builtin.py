@@ -24,6 +24,9 @@ class MarkerSpec:
     # Built-ins only: skip this marker when `start` is not one token of the vocabulary (Mistral's
     # V7 `[SYSTEM_PROMPT]` exists only in v7/tekken; v1/v3 fold the system prompt into a user turn).
     requires_token: bool = False
+    # Further end markers (the turn ends at the first of any); built-ins keep only those the tokenizer has as one
+    # token (Llama 3.1's `<|eom_id|>`) or, for text markers, that encode at all.
+    more_ends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,10 @@ class Family:
     source: str
 
 
-def _headers(fmt: str, end: str, roles: tuple[str, ...], rename: dict[str, str] | None = None):
-    rename = rename or {}
-    return tuple(MarkerSpec(rename.get(r, r), fmt.format(role=r), end) for r in roles)
+def _headers(fmt: str, end: str, roles: tuple[str, ...], rename: dict[str, str] | None = None,
+             more_ends: dict[str, tuple[str, ...]] | None = None):
+    rename, more_ends = rename or {}, more_ends or {}
+    return tuple(MarkerSpec(rename.get(r, r), fmt.format(role=r), end, more_ends=more_ends.get(r, ())) for r in roles)
 
 
 # Detection order matters: a template is matched by the first family whose signature it contains.
@@ -59,6 +63,9 @@ FAMILIES: tuple[Family, ...] = (
             "<|start_header_id|>{role}<|end_header_id|>\n\n",
             "<|eot_id|>",
             ("system", "user", "assistant", "ipython", "tool"),
+            # Llama 3.1: an assistant turn that calls a built-in tool ends with <|eom_id|> ("end of message": the
+            # model expects the tool's answer next), every other turn with <|eot_id|>.
+            more_ends={"assistant": ("<|eom_id|>",)},
         ),
         "Llama 3/3.1/3.2 prompt formats, llama.com/docs/model-cards-and-prompt-formats (Llama 3.x Community Licence); "
         "TRL's llama3*.jinja (Apache-2.0)",
@@ -101,6 +108,21 @@ FAMILIES: tuple[Family, ...] = (
         ),
         "mistral-common's instruct tokenizers v1/v3/v7 and tekken (Apache-2.0), "
         "docs.mistral.ai/guides/tokenization",
+    ),
+    Family(
+        # LLaVA-1.5 (llava-hf/llava-1.5-*-hf chat template): plain-text `USER: ` / `ASSISTANT: ` headers, each
+        # message followed by a space, no end tokens: a turn ends where the next header starts (include_end=False).
+        # Byte-level BPE merges that space into the next header (`ĠUSER`), so the headers after a space are end
+        # markers and start variants too. The template writes the headers as `message['role'].upper() + ': '`.
+        "llava",
+        ("'ASSISTANT:'", "upper() + ': '"),
+        (
+            MarkerSpec("user", "USER: ", "ASSISTANT:", include_end=False, more_ends=(" ASSISTANT:",)),
+            MarkerSpec("assistant", "ASSISTANT: ", "USER:", include_end=False, more_ends=(" USER:",)),
+            MarkerSpec("user", " USER: ", "ASSISTANT:", include_end=False, more_ends=(" ASSISTANT:",)),
+            MarkerSpec("assistant", " ASSISTANT: ", "USER:", include_end=False, more_ends=(" USER:",)),
+        ),
+        "llava-hf/llava-1.5-7b-hf chat_template.json (Llama 2 Community Licence), as in Axolotl's llava.jinja",
     ),
     Family(
         "phi3",

@@ -12,8 +12,10 @@ from newt.masking.boundaries import (
     builtin_boundaries,
     detect_family,
     from_specs,
+    mark_stop_ends,
     never_trained_ids,
     specs_from_recipe,
+    stop_ids,
     template_text,
     text_tokenizer,
     validate_role_boundaries,
@@ -26,6 +28,7 @@ from newt.masking.scanner import (
     check_knobs,
     known_roles,
     label_flat,
+    scan,
 )
 
 # Llama 3.1/3.2 templates print today's date unless `date_string` is given; a pinned date keeps
@@ -74,7 +77,9 @@ class Masker:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.template = template_text(tokenizer, chat_template)
-        self.boundaries: list[RoleBoundary] = boundaries_for(tokenizer, chat_template, role_boundaries)
+        self.boundaries: list[RoleBoundary] = mark_stop_ends(
+            boundaries_for(tokenizer, chat_template, role_boundaries), stop_ids(tokenizer)
+        )
         self.known_roles: tuple[str, ...] = known_roles(self.boundaries)
         self.train_on_eos = train_on_eos
         self.train_on_inputs = train_on_inputs
@@ -88,7 +93,7 @@ class Masker:
             )
         else:
             self.roles_to_train = check_knobs(self.boundaries, roles_to_train, train_on_eos)
-        markers = {t for b in self.boundaries for t in b.end}
+        markers = {t for b in self.boundaries for e in b.ends for t in e}  # every end marker of every boundary
         self.ignore_ids = tuple(sorted(set(never_trained_ids(tokenizer, markers)) | set(ignore_ids)))
 
     def render(self, conversations: Sequence[list[dict]]) -> list[str]:
@@ -101,6 +106,24 @@ class Masker:
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return text_tokenizer(self.tokenizer)(texts, add_special_tokens=False)["input_ids"]
+
+    def close_rows(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Rows whose last turn is closed only by the next turn's stop token (`end_is_stop`, GLM-4) and so runs to
+        the end of the row get that stop token appended: the model learns to stop after its last answer too."""
+        rows = [list(r) for r in rows]
+        if not any(b.end_is_stop for b in self.boundaries) or not rows:
+            return rows
+        offsets = np.cumsum([0] + [len(r) for r in rows])
+        turns = scan(np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(offsets[-1])),
+                     offsets, self.boundaries)
+        last = {}
+        for row, b, found in zip(turns.row.tolist(), turns.boundary.tolist(), turns.found.tolist()):
+            last[row] = (b, found)
+        for row, (b, found) in last.items():
+            boundary = self.boundaries[b]
+            if boundary.end_is_stop and not found:
+                rows[row].append(boundary.end[0])
+        return rows
 
     def label(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
         """Labels for already-tokenized rows (e.g. after a processor expanded the media tokens)."""
@@ -127,7 +150,7 @@ class Masker:
         )
 
     def __call__(self, conversations: Sequence[list[dict]]) -> dict[str, list[list[int]]]:
-        input_ids = self.tokenize(self.render(conversations))
+        input_ids = self.close_rows(self.tokenize(self.render(conversations)))
         return {"input_ids": input_ids, "labels": self.label(input_ids)}
 
 

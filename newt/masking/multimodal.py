@@ -123,9 +123,50 @@ def process_and_mask(
     if any(row_bytes):
         kwargs["images"] = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in row_bytes]
     enc = processor(**kwargs)
-    input_ids = [list(map(int, r)) for r in enc["input_ids"]]
+    input_ids = masker.close_rows([list(map(int, r)) for r in enc["input_ids"]])
     out = dict(enc)
     out["input_ids"] = input_ids
     out["labels"] = masker.label(input_ids)
     out["image_bytes"] = row_bytes
+    return out
+
+
+def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
+    """{path: sha256} of every local image file a local JSON Lines / JSON dataset's rows name (parts or the
+    `images`/`image` column), so the `prepared` key changes when an image is replaced in place. Images given as
+    bytes or base64 are in the dataset file itself; remote URLs and other formats are not read here
+    (docs/masking.md)."""
+    import json
+    from pathlib import Path
+
+    from newt.cache import file_sha256
+
+    path = Path(dataset_path).expanduser()
+    if "://" in dataset_path or not path.is_file() or path.suffix not in (".jsonl", ".json"):
+        return {}
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        rows = data if isinstance(data, list) else []
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = {}
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        conv = next((row[k] for k in ("messages", "conversations") if isinstance(row.get(k), list)), [])
+        column = row.get("images", row.get("image"))
+        column = column if isinstance(column, list) else ([column] if column else [])
+        try:
+            refs = image_refs(conv, column)
+        except (ValueError, AttributeError, TypeError):
+            continue  # prepare reports the row, with the fix
+        for ref in refs:
+            if isinstance(ref, dict):
+                ref = ref.get("path") if not ref.get("bytes") else None
+            if not isinstance(ref, str) or "://" in ref or ref.startswith("data:"):
+                continue
+            file = Path(ref) if ref.startswith("/") else Path(base) / ref
+            if file.is_file():
+                out[ref] = file_sha256(file)
     return out

@@ -38,6 +38,12 @@ class RoleBoundary:
     `start` and `end` are token-id sequences. An empty `end` means the turn runs to the end of
     the row. `include_start` trains the start marker of a trainable turn; `include_end=False`
     never trains the end marker and lets the scan resume *at* it, so it can open the next turn.
+
+    `more_ends`: further end markers; the turn ends at the first of any of them (Llama 3.1 ends an
+    assistant turn with `<|eot_id|>`, or `<|eom_id|>` after a built-in tool call).
+    `end_is_stop` (with `include_end=False`): the end marker is the next turn's opening marker and
+    one of the model's stop tokens (GLM-4 `<|user|>`): the scan still resumes at it, and
+    `train_on_eos` trains it as this turn's end, so the model learns to stop.
     """
 
     role: str
@@ -45,15 +51,30 @@ class RoleBoundary:
     end: tuple[int, ...] = ()
     include_start: bool = False
     include_end: bool = True
+    more_ends: tuple[tuple[int, ...], ...] = ()
+    end_is_stop: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", tuple(int(t) for t in self.start))
         object.__setattr__(self, "end", tuple(int(t) for t in self.end))
+        object.__setattr__(self, "more_ends", tuple(tuple(int(t) for t in e) for e in self.more_ends if e))
+        if self.more_ends and not self.end:
+            raise MaskingError(f"RoleBoundary for role {self.role!r} has more_ends but no end marker")
         if not self.start:
             raise MaskingError(
                 f"RoleBoundary for role {self.role!r} has an empty start marker; a turn must be opened "
                 "by at least one token. Give the marker text that precedes the role's content."
             )
+
+    @property
+    def ends(self) -> tuple[tuple[int, ...], ...]:
+        """Every end marker, the primary first (empty: the turn runs to the end of the row)."""
+        return ((self.end,) + self.more_ends) if self.end else ()
+
+    @property
+    def trains_end(self) -> bool:
+        """Whether `train_on_eos` may train this turn's end marker."""
+        return self.include_end or self.end_is_stop
 
 
 def known_roles(boundaries: Iterable[RoleBoundary]) -> tuple[str, ...]:
@@ -62,17 +83,22 @@ def known_roles(boundaries: Iterable[RoleBoundary]) -> tuple[str, ...]:
 
 
 def check_knobs(
-    boundaries: Sequence[RoleBoundary], roles_to_train: Iterable[str], train_on_eos: str
+    boundaries: Sequence[RoleBoundary], roles_to_train: Iterable[str], train_on_eos: str,
+    train_on_inputs: bool = False,
 ) -> tuple[str, ...]:
     """Validate the masking knobs against the boundaries; returns `roles_to_train` as a tuple.
 
-    An unknown role is an error, not a no-op: a typo would otherwise mask every token.
+    An unknown role is an error, not a no-op: a typo would otherwise mask every token. Without any
+    boundaries, `train_on_inputs` needs none (every non-pad, non-media token is trained), so the
+    roles are not checked then.
     """
     if isinstance(roles_to_train, str):
         roles_to_train = (roles_to_train,)
     roles = tuple(roles_to_train)
     if train_on_eos not in TRAIN_ON_EOS:
         raise MaskingError(f"train_on_eos is {train_on_eos!r}; expected one of {', '.join(TRAIN_ON_EOS)}.")
+    if train_on_inputs and not boundaries:
+        return roles
     known = known_roles(boundaries)
     unknown = [r for r in roles if r not in known]
     if unknown:
@@ -155,8 +181,8 @@ def scan(flat: np.ndarray, offsets: np.ndarray, boundaries: Sequence[RoleBoundar
     found = np.zeros(pos.shape[0], dtype=bool)
     by_end: dict[tuple[int, ...], list[int]] = {}
     for bi, b in enumerate(boundaries):
-        if b.end:
-            by_end.setdefault(b.end, []).append(bi)
+        for seq in b.ends:
+            by_end.setdefault(seq, []).append(bi)
     for seq, members in by_end.items():
         sel = np.flatnonzero(np.isin(bidx, members))
         if sel.size == 0:
@@ -167,9 +193,11 @@ def scan(flat: np.ndarray, offsets: np.ndarray, boundaries: Sequence[RoleBoundar
         k = np.searchsorted(ends, content[sel], side="left")
         q = ends[np.minimum(k, ends.shape[0] - 1)]
         ok = (k < ends.shape[0]) & (q < row_end[sel])  # _find keeps the marker inside its row
-        end[sel] = np.where(ok, q, row_end[sel])
-        end_stop[sel] = np.where(ok, q + len(seq), row_end[sel])
-        found[sel] = ok
+        # Several end markers: the first one in the row wins, the longest where two begin together.
+        ok &= ~found[sel] | (q < end[sel]) | ((q == end[sel]) & (len(seq) > end_stop[sel] - end[sel]))
+        end[sel] = np.where(ok, q, end[sel])
+        end_stop[sel] = np.where(ok, q + len(seq), end_stop[sel])
+        found[sel] |= ok
     resume_at_end = np.array([not b.include_end for b in boundaries], dtype=bool)[bidx] & found
     resume = np.where(resume_at_end, end, end_stop)
     succ = np.searchsorted(pos, resume, side="left")
@@ -203,7 +231,7 @@ def trained_spans(
     roles = set(roles)
     trainable = np.array([b.role in roles for b in boundaries], dtype=bool)[t.boundary]
     inc_start = np.array([b.include_start for b in boundaries], dtype=bool)[t.boundary]
-    inc_end = np.array([b.include_end for b in boundaries], dtype=bool)[t.boundary]
+    inc_end = np.array([b.trains_end for b in boundaries], dtype=bool)[t.boundary]
     has_end = t.found & inc_end
     if train_on_eos == "turn":
         eos = has_end & trainable
@@ -263,7 +291,7 @@ def label_flat(
 ) -> np.ndarray:
     """Labels for a batch in Arrow's list layout (values + offsets, as `datasets` stores token rows):
     the fastest entry, no Python object per token."""
-    roles = check_knobs(boundaries, roles_to_train, train_on_eos)
+    roles = check_knobs(boundaries, roles_to_train, train_on_eos, train_on_inputs)
     flat = np.asarray(flat, dtype=np.int64)
     offsets = np.asarray(offsets, dtype=np.int64)
     keep = _mask_from_spans(
@@ -305,6 +333,9 @@ class _Plan:
     train_on_inputs: bool
     ignore: tuple[int, ...]
     direct: tuple | None  # _compile(...) with chr(id) as the alphabet; None: ids can't all be chars
+    # Boundaries the regex walk does not express (several end markers, `end_is_stop`): such rows take the
+    # numpy scan, which has the same semantics (tests/test_masking_scanner.py compares both with a reference).
+    numpy_only: bool = False
     fallback: list = field(default_factory=list)  # (char, _compile(...)) for other ids, built when first needed
 
 
@@ -455,14 +486,15 @@ def _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
 
 
 def _new_plan(bs, roles_key, train_on_eos, train_on_inputs, ignore, key) -> _Plan:
-    roles = frozenset(check_knobs(bs, roles_key, train_on_eos))
+    roles = frozenset(check_knobs(bs, roles_key, train_on_eos, train_on_inputs))
     ignore_set = {int(i) for i in ignore}
     tokens = {t for b in bs for t in b.start + b.end}
+    numpy_only = any(b.more_ends or b.end_is_stop for b in bs)
     direct = None
-    if _IDS_TYPECODE is not None and all(0 <= t <= _MAX_CHAR for t in tokens):
+    if not numpy_only and _IDS_TYPECODE is not None and all(0 <= t <= _MAX_CHAR for t in tokens):
         char = {t: chr(t) for t in tokens | {i for i in ignore_set if 0 <= i <= _MAX_CHAR}}
         direct = _compile(bs, roles, train_on_eos, ignore_set, char)
-    plan = _Plan(bs, roles, train_on_eos, bool(train_on_inputs), tuple(sorted(ignore_set)), direct)
+    plan = _Plan(bs, roles, train_on_eos, bool(train_on_inputs), tuple(sorted(ignore_set)), direct, numpy_only)
     if len(_PLANS) >= 256:
         _PLANS.clear()
     _PLANS[key] = plan
@@ -503,6 +535,10 @@ def _label_row(ids: list, plan: _Plan) -> list[int]:
         return []
     if plan.train_on_inputs and not plan.ignore:
         return ids[:]
+    if plan.numpy_only:
+        return label_flat(np.asarray(ids, dtype=np.int64), np.array([0, n]), plan.boundaries,
+                          roles_to_train=tuple(plan.roles), train_on_eos=plan.train_on_eos,
+                          train_on_inputs=plan.train_on_inputs, ignore_ids=plan.ignore).tolist()
     s, (turn_re, (spans, recs), ignore) = _row_text(ids, plan)
     if plan.train_on_inputs:
         labels = ids[:]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from newt import IGNORE_INDEX
+
 
 def varlen_kernel(attn_implementation: str) -> bool:
     """Whether the attention kernel takes sequence boundaries (flash-attn's varlen path) rather than a mask."""
@@ -46,7 +48,7 @@ class BinCollator:
 
         width = max(len(r["input_ids"]) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
@@ -54,6 +56,6 @@ class BinCollator:
             labels[i, :n] = torch.as_tensor(r["labels"])
             lengths = [*r["seq_lengths"], width - n] if width > n else list(r["seq_lengths"])
             position_ids[i] = torch.cat([torch.arange(k) for k in lengths])
-        labels[position_ids == 0] = -100
+        labels[position_ids == 0] = IGNORE_INDEX
         self.counts.append(sum(len(r["input_ids"]) for r in rows))
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}

@@ -8,7 +8,8 @@ they are (newt's masking engine decided them); TRL only pads them.
 
 A multimodal recipe (`processor_type`) trains the same way: the prepared rows carry their images as encoded bytes
 next to the already expanded and labelled ids, and `VisionCollator` turns them into pixels with the processor's image
-processor at batch time (pixels are far larger than the image files, so they are never stored).
+processor at batch time (pixels are far larger than the image files, so they are never stored); see
+newt/train/collate.py for what each family's forward gets.
 
 Checkpoints go to `<output>/checkpoints` every `save_steps`; launched again on the same output folder after a crash,
 it resumes from the newest one. Output: `adapter/` (LoRA adapter + tokenizer) or `model/` (full weights +
@@ -36,6 +37,7 @@ from newt.train.child import (
     training_kwargs,
 )
 import newt.train.args as train_args
+from newt.train.collate import VisionCollator  # multimodal batches from the processor's own outputs
 from newt.train.report import Reporter
 from newt.train.resume import resume_point
 
@@ -102,38 +104,6 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()
-
-
-class VisionCollator:
-    """Multimodal batches: right-pads `input_ids`/`labels` (labels with -100, so padding is never trained) and
-    runs the processor's image processor on the rows' images, in row order, which is the order of their
-    placeholders in the batch. The ids were expanded by the same processor at prepare time, so the model's own
-    check (one placeholder per image feature) holds."""
-
-    def __init__(self, processor):
-        self.image_processor = processor.image_processor
-        tok = processor.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        import io
-
-        from PIL import Image
-
-        n = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
-            labels[i, :k] = torch.as_tensor(r["labels"])
-            attention_mask[i, :k] = 1
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for r in rows for b in r.get("images") or ()]
-        if images:
-            batch.update(self.image_processor(images, return_tensors="pt"))
-        return batch
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""Multimodal batches for every vision-language (and audio-language) family, from the processor's own outputs.
+
+The prepared rows carry ids the processor already expanded (one placeholder per image feature), labels the
+masking engine decided, and each row's media as encoded bytes. At batch time the collator pads ids and labels
+(labels with -100, so padding is never trained) and asks the processor for everything else the model's forward
+takes:
+
+- the media side (pixel values in the family's layout, `image_grid_thw`, `image_sizes`, `aspect_ratio_ids` /
+  `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's image processor on the batch's images, one
+  list per row (rows without images included: per-row layouts such as Mllama's and Idefics3's keep the batch
+  dimension, flat layouts such as LLaVA's and Gemma 3's concatenate), with the settings saved with the processor;
+- the token side: `mm_token_type_ids` / `token_type_ids` (Gemma 3, Qwen2-VL's multimodal RoPE) from the
+  processor's `create_mm_token_type_ids` on the padded ids; Mllama's `cross_attention_mask` from the Mllama
+  processor module's own functions (which image each text token attends to, over the image's tiles).
+
+Nothing here builds a family-specific tensor by hand.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+# Processor outputs that describe text, which the collator builds from the stored ids instead.
+TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+class VisionCollator:
+    """Right-pads `input_ids`/`labels`, and adds the processor's media and token-type outputs for the batch.
+
+    Images are given to the processor per row, in row order, which is the order of their placeholders in the
+    batch."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        tok = processor.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.input_names = set(getattr(processor, "model_input_names", ()) or ())
+
+    def __call__(self, rows: list[dict]) -> dict:
+        n = max(len(r["input_ids"]) for r in rows)
+        input_ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
+            labels[i, :k] = torch.as_tensor(r["labels"])
+            attention_mask[i, :k] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        images = [[_image(b) for b in r.get("images") or ()] for r in rows]
+        if any(images):
+            batch.update(media_inputs(self.processor, images))
+        batch.update(token_inputs(self.processor, input_ids, batch, self.input_names))
+        # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above).
+        unused = set(getattr(self.processor, "unused_input_names", ()) or ())
+        return {k: v for k, v in batch.items() if k not in unused and isinstance(v, torch.Tensor)}
+
+
+def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
+    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none)."""
+    out = processor.image_processor(images, return_tensors="pt")
+    return {k: v for k, v in out.items() if k not in TEXT_KEYS}
+
+
+def token_inputs(processor: Any, input_ids: torch.Tensor, batch: dict, input_names: set[str]) -> dict:
+    out: dict[str, Any] = {}
+    wanted = [k for k in TOKEN_TYPE_KEYS if k in input_names]
+    if wanted and hasattr(processor, "create_mm_token_type_ids"):
+        types = torch.as_tensor(processor.create_mm_token_type_ids(input_ids.tolist()), dtype=torch.long)
+        out.update({k: types for k in wanted})
+    if "cross_attention_mask" in input_names and "num_tiles" in batch:
+        out["cross_attention_mask"] = _mllama_cross_attention(processor, input_ids, batch)
+    return out
+
+
+def _mllama_cross_attention(processor: Any, input_ids: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mllama: which image (and how many of its tiles) each token attends to, as MllamaProcessor computes it."""
+    from transformers.models.mllama.processing_mllama import (
+        convert_sparse_cross_attention_mask_to_dense,
+        get_cross_attention_token_mask,
+    )
+
+    image_id = processor.image_token_id
+    sparse = [get_cross_attention_token_mask(row, image_id) for row in input_ids.tolist()]
+    mask = convert_sparse_cross_attention_mask_to_dense(
+        sparse, num_tiles=batch["num_tiles"], max_num_tiles=processor.image_processor.max_image_tiles,
+        length=input_ids.shape[1])
+    return torch.as_tensor(mask)
+
+
+def _image(data: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+

@@ -1,0 +1,281 @@
+"""Every vision-language family newt builds a tiny model for (`builtin:tiny-<family>`, newt/tiny_vlm/) masks,
+trains, merges, quantizes and evaluates through the assets.
+
+Per family: the exact labels of a two-turn row with an image for each `train_on_eos` and for `train_on_inputs`
+(the processor expands the image, the same scanner labels the ids, every media id is -100), then one recipe through
+dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer step that changes
+parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
+in full precision, and an answer generated for each held-out row by every evaluated variant.
+
+Families not here (see docs/masking.md, "Vision-language families"): their transformers 5.24 processors need
+torchvision (Qwen2-VL/2.5-VL/3-VL, GLM-4V, InternVL, SmolVLM2 and Gemma 4 through their video processors; Pixtral,
+Mistral 3, Llama 4 and LFM2-VL through their image processors), which this environment cannot import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from definitions import build_definitions
+from newt.masking import IGNORE_INDEX, Masker
+from newt.masking.multimodal import process_and_mask
+from resources.store import NewtStore
+
+X = IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Family:
+    model: str
+    end: str  # the token that closes every turn
+    media: tuple[str, ...]  # the tokens an image becomes
+    image_size: int
+    model_class: str
+    towers: tuple[str, ...]  # the modules quantization keeps in full precision
+
+
+FAMILIES = {
+    "llava": Family("builtin:tiny-llava", "<|im_end|>", ("<image>",), 28, "LlavaForConditionalGeneration",
+                    ("model.multi_modal_projector", "model.vision_tower")),
+    "gemma3": Family("builtin:tiny-gemma3", "<end_of_turn>", ("<start_of_image>", "<image_soft_token>",
+                                                               "<end_of_image>"), 28,
+                     "Gemma3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
+    "smolvlm": Family("builtin:tiny-smolvlm", "<end_of_utterance>",
+                      ("<fake_token_around_image>", "<global-img>", "<image>"), 56,
+                      "Idefics3ForConditionalGeneration", ("model.connector", "model.vision_model")),
+    "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
+                              "MllamaForConditionalGeneration",
+                              ("model.multi_modal_projector", "model.vision_model")),
+}
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+def conversation(name: str, image_part: dict | None = None) -> list[dict]:
+    return [
+        {"role": "user", "content": [image_part or {"type": "image"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": name}]},
+        {"role": "user", "content": [{"type": "text", "text": "Sure?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+    ]
+
+
+def square(rgb: tuple[int, int, int], size: int) -> Image.Image:
+    return Image.fromarray(np.full((size, size, 3), rgb, dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def processors():
+    from newt.models import load_processor
+
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_processor(FAMILIES[family].model)
+        return cache[family]
+
+    return get
+
+
+def runs(labels: list[int]) -> list[list[int]]:
+    out, cur = [], []
+    for t in labels:
+        if t == X:
+            out, cur = (out + [cur] if cur else out), []
+        else:
+            cur.append(t)
+    return out + ([cur] if cur else [])
+
+
+def expected_runs(tok, family: Family, train_on_eos: str) -> list[list[int]]:
+    """The supervised spans of the two-turn row: each answer, with the end marker as `train_on_eos` says."""
+    red, yes = tok.encode("red", add_special_tokens=False), tok.encode("yes", add_special_tokens=False)
+    end = [tok.convert_tokens_to_ids(family.end)]
+    return {"turn": [red + end, yes + end], "none": [red, yes], "last": [red, yes + end],
+            # "all" also trains the user turns' end markers
+            "all": [end, red + end, end, yes + end]}[train_on_eos]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
+def test_labels_of_a_two_turn_row_with_an_image(family: str, processors) -> None:
+    spec, proc = FAMILIES[family], processors(family)
+    tok = proc.tokenizer
+    media = [tok.convert_tokens_to_ids(t) for t in spec.media]
+    image = [[square(COLOURS["red"], spec.image_size)]]
+    for train_on_eos in ("turn", "all", "last", "none"):
+        out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_eos=train_on_eos), images=image)
+        ids, labels = out["input_ids"][0], out["labels"][0]
+        assert runs(labels) == expected_runs(tok, spec, train_on_eos), train_on_eos
+        assert all(m in ids for m in media)
+        assert all(lab == X for t, lab in zip(ids, labels) if t in media)
+    out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_inputs=True), images=image)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    assert labels == [X if t in media else t for t in ids]
+    assert ids.count(tok.convert_tokens_to_ids(spec.media[-1])) >= 1 and tok.pad_token_id not in ids
+
+
+def write_dataset(root: Path, size: int, n: int = 6) -> Path:
+    """n two-turn chats about a coloured square (a relative image path in the first user turn)."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for name, rgb in COLOURS.items():
+        square(rgb, size).save(root / "img" / f"{name}.png")
+    names = [list(COLOURS)[i % 3] for i in range(n)]
+    rows = [{"messages": conversation(c, {"type": "image", "path": f"img/{c}.png"})} for c in names]
+    data = root / "vlm.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+RECIPE = """\
+base_model: {model}
+processor_type: AutoProcessor
+datasets:
+  - path: {data}
+sequence_len: 128
+val_set_size: 2
+adapter: lora
+lora_r: 4
+lora_alpha: 8
+learning_rate: 0.01
+micro_batch_size: 2
+max_steps: 1
+logging_steps: 1
+quantize:
+  outputs: [int8_weight_only]
+eval:
+  max_samples: 2
+  max_new_tokens: 3
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
+def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family: str, tmp_path: Path,
+                                                                          processors) -> None:
+    import torch
+    import transformers
+
+    from newt.models import local_snapshot
+    from newt.prepare import load_prepared
+    from newt.quantize import load_quantized
+
+    spec = FAMILIES[family]
+    data = write_dataset(tmp_path / "data", spec.image_size)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data))
+    defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
+    stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    selection = [a for a in defs.assets if a.key.path[-1] in stages]
+    result = dg.materialize(selection, resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    meta = {e.materialization.asset_key.path[-1]: e.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    assert set(stages) <= set(meta)
+
+    # prepared: the masks of every row are the labels above (default train_on_eos: turn), images stored as bytes
+    tok = processors(family).tokenizer
+    media = {tok.convert_tokens_to_ids(t) for t in spec.media}
+    train = load_prepared(Path(meta["prepared"]["artifact"].value), "train")
+    assert meta["prepared"]["audit"].value["failure_count"] == 0 and len(train) == 4
+    for row in train:
+        answer = json.loads(row["messages"])[1]["content"][0]["text"]
+        want = expected_runs(tok, spec, "turn")
+        want[0] = tok.encode(answer, add_special_tokens=False) + want[0][-1:]
+        assert runs(row["labels"]) == want
+        assert all(lab == X for t, lab in zip(row["input_ids"], row["labels"]) if t in media)
+        assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
+
+    # trained: one step; merged: parameters changed, the family's own class reloads it with its processor
+    assert meta["trained"]["global_step"].value == 1 and np.isfinite(meta["trained"]["final_loss"].value)
+    merged_dir = Path(meta["merged"]["artifact"].value) / "model"
+    merged = transformers.AutoModelForImageTextToText.from_pretrained(merged_dir)
+    assert type(merged).__name__ == spec.model_class
+    assert type(transformers.AutoProcessor.from_pretrained(merged_dir)).__name__ == type(processors(family)).__name__
+    base = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model)).state_dict()
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed
+
+    # quantized: int8 weight-only on the language model, the vision tower and projector in full precision
+    qdir = Path(meta["quantized"]["artifact"].value) / "model"
+    info = json.loads((qdir / "quantize.json").read_text())
+    assert info["method"] == "int8_weight_only" and info["quantized_modules"] > 0
+    assert info["full_precision_modules"] == list(spec.towers)
+    qmodel, qproc = load_quantized(qdir)
+    assert type(qmodel).__name__ == spec.model_class and hasattr(qproc, "image_processor")
+    keep = info["full_precision_modules"]
+    kept = [p for n, p in qmodel.named_parameters() if any(n.startswith(k + ".") for k in keep)]
+    assert kept and all(type(p).__name__ in ("Parameter", "Tensor") and p.dtype == torch.float32 for p in kept)
+
+    # evaluation: every variant scored the held-out rows with their images, one generated answer per row
+    results = meta["evaluation"]
+    out = Path(results["artifact"].value)
+    generations = json.loads((out / "generations.json").read_text())
+    assert set(generations) == {"base", "merged", "quantized"}
+    assert all(len(answers) == 2 for answers in generations.values())
+    scores = json.loads((out / "results.json").read_text())
+    assert all(np.isfinite(scores[v]["loss"]) and scores[v]["rows"] == 2 for v in generations)
+
+
+def test_vlm_quantize_takes_torchao_methods_only(tmp_path: Path) -> None:
+    from newt.models import local_snapshot
+    from newt.quantize import QuantizeError, quantize
+
+    with pytest.raises(QuantizeError, match=r"'bnb_4bit' does not support the vision-language architecture "
+                                            r"'LlavaForConditionalGeneration'.*int8_weight_only"):
+        quantize(local_snapshot("builtin:tiny-llava"), tmp_path / "q", "bnb_4bit")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
+def test_collator_gives_the_forward_what_the_processor_gives(family: str, processors) -> None:
+    """A batch of a row with an image and a text-only row: padded ids and labels, the processor's pixel layout,
+    token types where the processor names them, Mllama's cross-attention mask; the model's forward accepts it."""
+    import torch
+    import transformers
+
+    from newt.models import local_snapshot
+    from newt.train.collate import VisionCollator
+
+    spec, proc = FAMILIES[family], processors(family)
+    tok = proc.tokenizer
+    masker = Masker(proc)
+    with_image = process_and_mask(proc, [conversation("red")], masker, images=[[square(COLOURS["red"],
+                                                                                     spec.image_size)]])
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
+    plain = process_and_mask(proc, [text_only], masker)
+    rows = [{"input_ids": with_image["input_ids"][0], "labels": with_image["labels"][0],
+             "images": with_image["image_bytes"][0]},
+            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": []}]
+    batch = VisionCollator(proc)(rows)
+    n, k = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    assert batch["input_ids"][1].tolist() == rows[1]["input_ids"] + [tok.pad_token_id] * (n - k)
+    assert batch["labels"][1].tolist() == rows[1]["labels"] + [X] * (n - k)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [n, k]
+    image_id = tok.convert_tokens_to_ids(spec.media[-1] if family != "gemma3" else "<image_soft_token>")
+    keys = set(batch) - {"input_ids", "labels", "attention_mask"}
+    if family == "gemma3":
+        assert keys == {"pixel_values", "token_type_ids"}
+        assert batch["token_type_ids"].tolist() == (batch["input_ids"] == image_id).long().tolist()
+        assert tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
+    elif family == "llama3_2_vision":
+        assert keys == {"pixel_values", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"}
+        mask = batch["cross_attention_mask"]
+        first = rows[0]["input_ids"].index(image_id)
+        assert tuple(mask.shape) == (2, n, 1, 1) and tuple(batch["pixel_values"].shape) == (2, 1, 1, 3, 28, 28)
+        assert mask[0, :, 0, 0].tolist() == [0] * first + [1] * (n - first) and int(mask[1].sum()) == 0
+    elif family == "smolvlm":
+        assert keys == {"pixel_values", "pixel_attention_mask"}
+        assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
+    else:
+        assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
+    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    assert torch.isfinite(model(**batch).loss)
