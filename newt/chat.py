@@ -97,7 +97,11 @@ def load(recipe: Recipe, stage: str, store: Any) -> Loaded:
     if torch.cuda.is_available() and not stage.startswith("quantized"):  # quantized folders pick their own device
         model.to("cuda")
     model.eval()
-    return Loaded(model, tokenizer, processor, templates.template_for(recipe, processor or tokenizer), where)
+    try:
+        template = templates.template_for(recipe, processor or tokenizer)
+    except templates.TemplateError as exc:  # a base model without a template: say so, as training would
+        raise ChatError(str(exc)) from None
+    return Loaded(model, tokenizer, processor, template, where)
 
 
 def encode(loaded: Loaded, messages: list[dict], images: list[Any]) -> dict[str, Any]:

@@ -227,3 +227,28 @@ def test_secrets_never_reach_metadata_or_logs(tracked) -> None:
     text = json.dumps(tracked["meta"], default=str) + "\n".join(tracked["logs"])
     assert SECRET not in text
     assert tracked["meta"]["mlflow_run_url"].startswith(tracked["url"])  # the link is there, the secret is not
+
+
+def test_start_translates_the_recipe_into_report_to_and_the_trackers_environment(tmp_path, monkeypatch) -> None:
+    from newt.tracking import start
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TAGS", "WANDB_PROJECT",
+                "WANDB_DIR", "WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_ENTITY", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NEWT_TRACKING_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_RUN_ID", "left-over")
+    recipe = parse_recipe("base_model: m\ndatasets: [{path: d.jsonl}]\nreport_to: [mlflow, tensorboard]\n"
+                          "wandb_project: p\nwandb_entity: team\nwandb_mode: offline\nwandb_run_id: r1\n")
+    track = start(recipe, "demo", "0123456789abcdef", "run-id-1234")
+    assert track.kwargs == {"report_to": ["mlflow", "wandb", "tensorboard"], "run_name": "demo"}
+    env = os.environ
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlflow.db" and "MLFLOW_RUN_ID" not in env
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "demo"
+    assert json.loads(env["MLFLOW_TAGS"]) == {"newt.recipe_name": "demo", "newt.stage_key": "0123456789abcdef",
+                                              "newt.dagster_run_id": "run-id-1234"}
+    assert (env["WANDB_PROJECT"], env["WANDB_ENTITY"], env["WANDB_MODE"], env["WANDB_RUN_ID"], env["WANDB_RESUME"],
+            env["WANDB_DIR"]) == ("p", "team", "offline", "r1", "allow", str(tmp_path))
+    assert env["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard" / "demo" / "0123456789ab-run-id-1")
+    assert track.params["recipe"]["wandb_project"] == "p"
+    off = start(parse_recipe("base_model: m\ndatasets: [{path: d.jsonl}]\n"), "demo", "k", None)
+    assert off.kwargs == {"report_to": "none", "run_name": "demo"}
