@@ -12,6 +12,7 @@ so an empty key there is the same as an absent one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from newt.axolotl.keys import CHAT_TEMPLATE_NAMES, CHATML, DATASET_KEYS, KEYS, TRL_KEYS, Key
@@ -76,7 +77,7 @@ def _apply(data: dict[str, Any], known: set[str], table: dict[str, Key], where: 
     return out, problems, notes
 
 
-def _pre(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+def _pre(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str, Any], list[str], list[str]]:
     """Axolotl readings that need more than one key, done before the table."""
     data = dict(data)
     problems: list[str] = []
@@ -151,9 +152,7 @@ def _pre(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
             else:
                 data["rl_beta"] = beta
                 notes.append(f"trl.beta: {beta!r} read as rl_beta: {beta!r}")
-        from newt.config import TrlConfig
-
-        trl, p, n = _apply(trl, set(TrlConfig.model_fields), TRL_KEYS, "trl.")
+        trl, p, n = _apply(trl, fields["trl"], TRL_KEYS, "trl.")
         data["trl"] = trl
         problems += p
         notes += n
@@ -182,12 +181,13 @@ def _pretraining_entry(entry: Any) -> Any:
     return out
 
 
-def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema pass untouched."""
-    from newt.config import DatasetSpec, Recipe
+def translate(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema pass untouched.
 
-    data, problems, notes = _pre(data)
-    out, p, n = _apply(data, set(Recipe.model_fields), KEYS, "")
+    `fields` names the schema's keys by section: "" (top level), "datasets" (each entry) and "trl"; the schema
+    (newt.config) passes them, so this module does not import it."""
+    data, problems, notes = _pre(data, fields)
+    out, p, n = _apply(data, fields[""], KEYS, "")
     problems += p
     notes += n
     datasets = out.get("datasets")
@@ -197,7 +197,7 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
             if not isinstance(spec, dict):
                 fixed.append(spec)
                 continue
-            spec_out, p, n = _apply(spec, set(DatasetSpec.model_fields), DATASET_KEYS, f"datasets[{i}].")
+            spec_out, p, n = _apply(spec, fields["datasets"], DATASET_KEYS, f"datasets[{i}].")
             if "message_property_mappings" in spec_out and "message_property_mappings" not in spec:
                 # a partial mapping from the old spellings keeps the default for the other half
                 spec_out["message_property_mappings"] = {

@@ -9,10 +9,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from newt.config import Recipe
+from newt.spelling import close_match
 
 # Axolotl plugins newt applies (by class name, whatever module path the config spells) → what they switch on.
 PLUGINS = {"LigerPlugin": "Liger kernels (liger_* keys)", "CutCrossEntropyPlugin": "cut_cross_entropy"}
@@ -45,8 +44,6 @@ def check_optimizer(value: str) -> str:
     names = optimizer_names()
     if value in names:
         return value
-    from newt.config import close_match
-
     hint = close_match(value, names)
     raise ValueError(f"not an optimizer transformers knows; choose one of: {', '.join(names)}"
                      + (f" (did you mean {hint!r}?)" if hint else ""))
@@ -56,7 +53,8 @@ def plugin_kind(name: str) -> str | None:
     return name.rsplit(".", 1)[-1] if name.rsplit(".", 1)[-1] in PLUGINS else None
 
 
-def cross_field_problems(recipe: Recipe) -> list[str]:
+def cross_field_problems(recipe: Any) -> list[str]:
+    """`recipe` is a validated newt.config.Recipe (not imported here: the schema calls this module)."""
     problems: list[str] = []
     given = recipe.model_fields_set
     if recipe.warmup_ratio is not None and recipe.warmup_steps:
