@@ -65,6 +65,9 @@ def test_an_8bit_optimizer_is_named_when_this_machine_cannot_run_it(tmp_path: Pa
         assert f"optimizer: {name} is a bitsandbytes optimizer and runs on CUDA GPUs only; use adamw_torch on " \
                "this machine" in check_settings(r, cuda=False)
     assert check_settings(recipe("optimizer: adamw_torch_8bit\n"), cuda=False) == []  # torchao's runs anywhere
+    assert check_settings(recipe("optimizer: galore_adamw\n"), cuda=True) == [
+        "optimizer: galore_adamw needs the galore_torch package, which is not installed; install it, or use "
+        "adamw_torch"]
 
 
 def test_precision_keys(tmp_path: Path) -> None:
