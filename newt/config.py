@@ -325,8 +325,9 @@ class Recipe(Strict):
     num_epochs: float = knob(1.0, "Passes over the training split (ignored when max_steps is set).", "trained", gt=0)
     max_steps: int | None = knob(None, "Optimizer steps; overrides num_epochs.", "trained", ge=1)
     learning_rate: float = knob(2e-4, "Peak learning rate.", "trained", gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = knob(
-        "cosine", "Learning-rate schedule.", "trained"
+    lr_scheduler: str = knob(
+        "cosine", "Learning-rate schedule: any name of transformers' `SchedulerType` (cosine, linear, constant, "
+        "constant_with_warmup, cosine_with_min_lr, warmup_stable_decay, ...).", "trained"
     )
     warmup_steps: int = knob(0, "Linear warm-up steps.", "trained", ge=0)
     optimizer: str = knob(
@@ -507,6 +508,13 @@ class Recipe(Strict):
         from newt.axolotl.rules import check_optimizer
 
         return check_optimizer(value)
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
+        from newt.axolotl.rules import check_scheduler
+
+        return check_scheduler(value)
 
     @field_validator("attn_implementation")
     @classmethod

@@ -202,3 +202,13 @@ def test_an_axolotl_yml_with_a_dash_in_its_name_is_an_asset_group(tiny_recipe_fi
     graph = defs.resolve_asset_graph()
     assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"tiny", "axo_1b"}
     assert {j.name for j in defs.jobs} == {"tiny_job", "axo_1b_job"}
+
+
+def test_lr_scheduler_takes_every_transformers_schedule() -> None:
+    from transformers.trainer_utils import SchedulerType
+
+    for schedule in SchedulerType:  # the names come from transformers itself, not from a list in newt
+        assert parse_recipe(BASE + f"lr_scheduler: {schedule.value}\n").lr_scheduler == schedule.value
+    with pytest.raises(RecipeError, match=r"lr_scheduler: got 'cosin'; not a learning-rate schedule transformers "
+                                          r"knows; choose one of: linear, cosine, .*\(did you mean 'cosine'\?\)"):
+        parse_recipe(BASE + "lr_scheduler: cosin\n")

@@ -17,27 +17,41 @@ from newt.spelling import close_match
 PLUGINS = {"LigerPlugin": "Liger kernels (liger_* keys)", "CutCrossEntropyPlugin": "cut_cross_entropy"}
 
 
-@lru_cache(maxsize=1)
-def optimizer_names() -> tuple[str, ...]:
-    """transformers' `OptimizerNames` values. Read from the module's source (a plain string enum) so that
-    `newt validate` does not pay for importing transformers and torch; imported when the source cannot be read."""
-    spec = importlib.util.find_spec("transformers.training_args")
+@lru_cache(maxsize=None)
+def enum_values(module: str, name: str) -> tuple[str, ...]:
+    """The string values of a transformers enum (`OptimizerNames`, `SchedulerType`). Read from the module's source
+    (plain string enums) so that `newt validate` does not pay for importing transformers and torch; imported when
+    the source cannot be read."""
+    spec = importlib.util.find_spec(module)
     names: list[str] = []
     if spec is not None and spec.origin:
         with open(spec.origin, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         for node in tree.body:
-            if isinstance(node, ast.ClassDef) and node.name == "OptimizerNames":
+            if isinstance(node, ast.ClassDef) and node.name == name:
                 names = [
                     stmt.value.value for stmt in node.body
                     if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
                     and isinstance(stmt.value.value, str)
                 ]
     if not names:
-        from transformers.training_args import OptimizerNames
+        from importlib import import_module
 
-        names = [o.value for o in OptimizerNames]
+        names = [o.value for o in getattr(import_module(module), name)]
     return tuple(names)
+
+
+def optimizer_names() -> tuple[str, ...]:
+    return enum_values("transformers.training_args", "OptimizerNames")
+
+
+def check_scheduler(value: str) -> str:
+    names = enum_values("transformers.trainer_utils", "SchedulerType")
+    if value in names:
+        return value
+    hint = close_match(value, names)
+    raise ValueError(f"not a learning-rate schedule transformers knows; choose one of: {', '.join(names)}"
+                     + (f" (did you mean {hint!r}?)" if hint else ""))
 
 
 def check_optimizer(value: str) -> str:
