@@ -114,7 +114,8 @@ def test_suggestions_only_for_close_spellings() -> None:
     assert close_match("gradient_checkpointing_kwargs_x", ["gradient_checkpointing"]) is None
     with pytest.raises(RecipeError) as info:
         parse_recipe(BASE + "num_labels: 1\n")
-    assert info.value.problems[0] == "num_labels: unknown key; remove it (the allowed keys of <top level> are listed below)"
+    assert info.value.problems[0] == ("num_labels: unknown key; remove it (the allowed keys of <top level> are "
+                                      "listed below)")
 
 
 def test_value_errors_say_the_fix() -> None:
@@ -126,7 +127,8 @@ def test_value_errors_say_the_fix() -> None:
     assert p["bf16"] == ("bf16: got 'maybe'; input should be a valid boolean, unable to interpret input; write true "
                          "or false; or choose one of: auto")  # the union's two alternatives, one line
     assert p["optimizer"].startswith("optimizer: got 'adamw_bnb_8bt'; not an optimizer transformers knows; choose "
-                                     "one of: adamw_torch, ") and p["optimizer"].endswith("(did you mean 'adamw_bnb_8bit'?)")
+                                     "one of: adamw_torch, ")
+    assert p["optimizer"].endswith("(did you mean 'adamw_bnb_8bit'?)")
     assert p["lora_r"] == ("lora_r: got 'x'; input should be a valid integer, unable to parse string as an integer; "
                            "write a whole number")
     assert len(info.value.problems) == 4

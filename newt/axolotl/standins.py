@@ -36,7 +36,8 @@ def load_standins() -> dict[str, str]:
     try:
         table = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise StandinsError(str(file), f"{ENV} names a file newt cannot read as YAML ({exc}); fix or unset it") from None
+        raise StandinsError(str(file), f"{ENV} names a file newt cannot read as YAML ({exc}); fix or unset it") \
+            from None
     if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
         raise StandinsError(str(file), f"{ENV}: expected a mapping of hub name → replacement (both text)")
     base = file.parent

@@ -212,7 +212,8 @@ def hardware_problems(recipe: Recipe, *, cuda: bool) -> list[str]:
     problems = []
     optim = recipe.optimizer
     # bitsandbytes' optimizers (adamw_torch_8bit is torchao's and runs anywhere)
-    if ("8bit" in optim and "torch" not in optim) or "bnb" in optim or optim.startswith(("paged_", "lion_", "ademamix")):
+    bnb = ("8bit" in optim and "torch" not in optim) or "bnb" in optim
+    if bnb or optim.startswith(("paged_", "lion_", "ademamix")):
         if importlib.util.find_spec("bitsandbytes") is None:
             problems.append(f"optimizer: {optim} needs bitsandbytes, which is not installed; pip install "
                             "bitsandbytes, or use adamw_torch")

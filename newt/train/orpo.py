@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     row_tokens = sum(len(tokenizer(r[c], add_special_tokens=False)["input_ids"]) for r in sample
                      for c in ("prompt", "chosen", "rejected")) / max(len(sample), 1)
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
-    trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split, processing_class=tokenizer,
-                      peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
+    trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
+                      processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
+                      callbacks=[stream, *train_args.callbacks(recipe)])
     checkpoint, resumed_from = last_checkpoint(output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
