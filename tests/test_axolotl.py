@@ -158,6 +158,7 @@ def test_multi_key_readings() -> None:
     assert r.chat_template == "jinja" and r.chat_template_jinja == keys.CHATML
     assert "trl.log_completions: accepted; logging only" in r.notes
     assert parse_recipe(BASE + "chat_template: qwen_25\n").chat_template == "qwen2_5"
+    assert parse_recipe(BASE + "torch_compile: auto\n").torch_compile is True
     renamed = parse_recipe(BASE + "dataset_processes: 3\neval_max_new_tokens: 64\neval: {max_samples: 5}\n")
     assert renamed.dataset_num_proc == 3 and (renamed.eval.max_new_tokens, renamed.eval.max_samples) == (64, 5)
     hub = parse_recipe(BASE + "flash_attention: true\nattn_implementation: kernels-community/vllm-flash-attn3\n"

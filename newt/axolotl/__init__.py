@@ -94,6 +94,10 @@ def _pre(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str
         # Axolotl's activation offloading variants: checkpointing still happens, offloading is a memory saving.
         data["gradient_checkpointing"] = True
         notes.append(f"gradient_checkpointing: {gc!r} read as true (activation offloading is not used)")
+    if data.get("torch_compile") == "auto":
+        # Axolotl's auto compiles where the installed torch supports it, which every torch newt runs on does
+        data["torch_compile"] = True
+        notes.append("torch_compile: 'auto' read as true (the installed torch compiles)")
     if data.get("batch_size") and not data.get("gradient_accumulation_steps"):
         micro = data.get("micro_batch_size") or 1
         batch = data.pop("batch_size")

@@ -75,6 +75,7 @@ KEYS: dict[str, Key] = {
     "lora_target_modules": applied("a list of module names or a regex (PEFT target_modules)"),
     "lora_target_linear": applied("every linear layer but the output head, plus lora_target_modules"),
     "gradient_checkpointing": applied("TrainingArguments gradient_checkpointing; `offload`/`unsloth` read as true"),
+    "torch_compile": applied("TrainingArguments torch_compile; `auto` read as true"),
     "gradient_checkpointing_kwargs": applied("TrainingArguments gradient_checkpointing_kwargs"),
     "special_tokens": applied("tokens set on the tokenizer, embeddings resized, new rows trained"),
     "tokens": applied("tokens added to the vocabulary, embeddings resized, new rows trained"),
