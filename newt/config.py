@@ -467,6 +467,14 @@ class Recipe(Strict):
         gt=0,
     )
     loss_watchdog_patience: int = knob(3, "Logged steps above loss_watchdog_threshold before training stops.", ge=1)
+    group_by_length: bool = knob(
+        False, "Batch rows of similar length together (transformers' group_by_length sampler); supervised "
+        "fine-tuning only.", "trained",
+    )
+    resize_token_embeddings_to_32x: bool = knob(
+        False, "Grow the embedding matrix to a multiple of 32 rows (faster matmuls); the extra rows are unused.",
+        "trained",
+    )
     model_config_overrides: dict[str, Any] = knob(
         {}, "Config attributes set when the base model loads (Axolotl's `model_config`, e.g. "
         "{output_router_logits: true}).", "trained",

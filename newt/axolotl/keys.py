@@ -109,6 +109,8 @@ KEYS: dict[str, Key] = {
     "lora_fan_in_fan_out": applied("PEFT LoraConfig fan_in_fan_out"),
     "peft_use_dora": applied("PEFT LoraConfig use_dora"),
     "peft_use_rslora": applied("PEFT LoraConfig use_rslora"),
+    "group_by_length": applied("TrainingArguments train_sampling_strategy: group_by_length (supervised rows)"),
+    "resize_token_embeddings_to_32x": applied("embeddings resized to a multiple of 32 rows"),
     "kto_desirable_weight": applied("KTOConfig desirable_weight"),
     "kto_undesirable_weight": applied("KTOConfig undesirable_weight"),
     "loss_watchdog_threshold": applied("training stops with an error when the loss stays above it"),
@@ -254,7 +256,6 @@ KEYS: dict[str, Key] = {
     "load_best_model_at_end": refused("the trained stage keeps the last weights; gate them with eval.thresholds",
                                       False),
     "metric_for_best_model": refused("the trained stage keeps the last weights; gate them with eval.thresholds"),
-    "group_by_length": refused("length-grouped batches are not supported; remove it"),
     "lora_model_dir": refused("starting from an existing adapter is not supported; merge it into the base first"),
     "lora_target_parameters": refused("LoRA on raw parameters is not supported; target modules instead"),
     "peft_layers_to_transform": refused("not supported; target modules with a regex in lora_target_modules"),
@@ -267,7 +268,6 @@ KEYS: dict[str, Key] = {
     "image_size": refused("set the size in the processor's preprocessor config"),
     "image_resize_algorithm": refused("set resampling in the processor's preprocessor config"),
     "mean_resizing_embeddings": refused("new embedding rows start as transformers initialises them", False),
-    "resize_token_embeddings_to_32x": refused("not supported; remove it", False),
     "shrink_embeddings": refused("not supported; remove it", False),
     "fix_untrained_tokens": refused("not supported; remove it"),
     "sequence_parallel_degree": refused("sequence parallelism is not supported", 1),
@@ -285,6 +285,8 @@ KEYS: dict[str, Key] = {
     "embedding_lr_scale": refused("a separate embedding learning rate is not supported; remove it"),
     "loraplus_lr_ratio": refused("LoRA+ is not supported; remove it"),
     "relora_steps": refused("ReLoRA is not supported; remove it"),
+    "llama4_linearized_experts": refused("Axolotl's linearized Llama 4 experts are not supported; use the model as "
+                                         "transformers loads it"),
     "qat": refused("quantization-aware training is not supported; quantize after training (quantize.outputs)"),
     "cosine_constant_lr_ratio": refused("a constant phase in the cosine schedule is not supported; use "
                                         "cosine_min_lr_ratio", 0),

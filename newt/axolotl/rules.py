@@ -89,6 +89,13 @@ def cross_field_problems(recipe: Any) -> list[str]:
         if plugin_kind(name) is None:
             problems.append(f"plugins[{i}]: {name!r} is not an Axolotl plugin newt applies; newt applies "
                             f"{', '.join(PLUGINS)} (by class name); remove it")
+    if recipe.group_by_length and recipe.rl:
+        problems.append(f"group_by_length needs tokenized supervised rows, but rl: {recipe.rl} rows are text; "
+                        "remove group_by_length")
+    if recipe.resize_token_embeddings_to_32x and recipe.adapter and (
+            recipe.tokens or recipe.eot_tokens or recipe.special_tokens.additional_special_tokens):
+        problems.append("resize_token_embeddings_to_32x with new tokens and a LoRA adapter is not supported (the "
+                        "merged model would not match the adapter's embedding); remove one of them")
     if recipe.rl not in ("orpo",) and recipe.orpo_alpha is not None:
         problems.append(f"orpo_alpha is set but rl is {recipe.rl!r}; set rl: orpo or remove orpo_alpha")
     if recipe.rl not in ("cpo", "simpo") and (recipe.cpo_alpha is not None or recipe.simpo_gamma is not None):

@@ -82,6 +82,8 @@ def training_kwargs(recipe: Recipe, checkpoints: Path, *, has_eval: bool = False
         "ddp_find_unused_parameters": False if recipe.num_processes > 1 else None,
         "neftune_noise_alpha": recipe.neftune_noise_alpha,
     }
+    if recipe.group_by_length:
+        kwargs["train_sampling_strategy"] = "group_by_length"
     for key in ("max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(recipe, key) is not None:
             kwargs[key] = getattr(recipe, key)
