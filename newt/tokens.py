@@ -44,19 +44,21 @@ def apply_tokens(recipe: Recipe, tokenizer: Any) -> list[int]:
     return list(range(before, len(tok)))
 
 
-def resize_model(model: Any, tokenizer: Any) -> None:
-    """Grow the model's embeddings (and tied/untied output head) to the tokenizer's vocabulary when it is larger.
-    New rows start as transformers initialises them without mean resizing (Axolotl's default)."""
+def resize_model(model: Any, tokenizer: Any, *, multiple: int | None = None) -> None:
+    """Grow the model's embeddings (and tied/untied output head) to the tokenizer's vocabulary when it is larger,
+    or to the next multiple of `multiple` rows (Axolotl's resize_token_embeddings_to_32x). New rows start as
+    transformers initialises them without mean resizing (Axolotl's default)."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows or (multiple and rows % multiple):
+        model.resize_token_embeddings(max(len(tok), rows), pad_to_multiple_of=multiple, mean_resizing=False)
 
 
 def prepare_tokens(recipe: Recipe, tokenizer: Any, model: Any) -> list[int]:
     """The child's step: apply the vocabulary changes and resize the model; the new ids (for LoRA's
     modules_to_save)."""
     new_ids = apply_tokens(recipe, tokenizer)
-    resize_model(model, tokenizer)
+    resize_model(model, tokenizer, multiple=32 if recipe.resize_token_embeddings_to_32x else None)
     return new_ids
 
 

@@ -113,7 +113,8 @@ def test_suggestions_only_for_close_spellings() -> None:
     assert close_match("gradient_checkpointing_kwargs_x", ["gradient_checkpointing"]) is None
     with pytest.raises(RecipeError) as info:
         parse_recipe(BASE + "num_labels: 1\n")
-    assert info.value.problems[0] == "num_labels: unknown key; remove it (the allowed keys of <top level> are listed below)"
+    assert info.value.problems[0] == ("num_labels: unknown key; remove it (the allowed keys of <top level> are "
+                                      "listed below)")
 
 
 def test_value_errors_say_the_fix() -> None:
@@ -125,7 +126,8 @@ def test_value_errors_say_the_fix() -> None:
     assert p["bf16"] == ("bf16: got 'maybe'; input should be a valid boolean, unable to interpret input; write true "
                          "or false; or choose one of: auto")  # the union's two alternatives, one line
     assert p["optimizer"].startswith("optimizer: got 'adamw_bnb_8bt'; not an optimizer transformers knows; choose "
-                                     "one of: adamw_torch, ") and p["optimizer"].endswith("(did you mean 'adamw_bnb_8bit'?)")
+                                     "one of: adamw_torch, ")
+    assert p["optimizer"].endswith("(did you mean 'adamw_bnb_8bit'?)")
     assert p["lora_r"] == ("lora_r: got 'x'; input should be a valid integer, unable to parse string as an integer; "
                            "write a whole number")
     assert len(info.value.problems) == 4
@@ -155,6 +157,9 @@ def test_multi_key_readings() -> None:
     assert r.chat_template == "jinja" and r.chat_template_jinja == keys.CHATML
     assert "trl.log_completions: accepted; logging only" in r.notes
     assert parse_recipe(BASE + "chat_template: qwen_25\n").chat_template == "qwen2_5"
+    assert parse_recipe(BASE + "torch_compile: auto\n").torch_compile is True
+    renamed = parse_recipe(BASE + "dataset_processes: 3\neval_max_new_tokens: 64\neval: {max_samples: 5}\n")
+    assert renamed.dataset_num_proc == 3 and (renamed.eval.max_new_tokens, renamed.eval.max_samples) == (64, 5)
     hub = parse_recipe(BASE + "flash_attention: true\nattn_implementation: kernels-community/vllm-flash-attn3\n"
                        "model_quantization_config: Mxfp4Config\nmodel_quantization_config_kwargs: {dequantize: true}\n")
     assert hub.attn_implementation == "kernels-community/vllm-flash-attn3"  # the explicit key decides
@@ -199,3 +204,13 @@ def test_an_axolotl_yml_with_a_dash_in_its_name_is_an_asset_group(tiny_recipe_fi
     graph = defs.resolve_asset_graph()
     assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"tiny", "axo_1b"}
     assert {j.name for j in defs.jobs} == {"tiny_job", "axo_1b_job"}
+
+
+def test_lr_scheduler_takes_every_transformers_schedule() -> None:
+    from transformers.trainer_utils import SchedulerType
+
+    for schedule in SchedulerType:  # the names come from transformers itself, not from a list in newt
+        assert parse_recipe(BASE + f"lr_scheduler: {schedule.value}\n").lr_scheduler == schedule.value
+    with pytest.raises(RecipeError, match=r"lr_scheduler: got 'cosin'; not a learning-rate schedule transformers "
+                                          r"knows; choose one of: linear, cosine, .*\(did you mean 'cosine'\?\)"):
+        parse_recipe(BASE + "lr_scheduler: cosin\n")

@@ -51,7 +51,8 @@ def test_the_reward_model_config_plans_once_reward_models_exist(monkeypatch) -> 
         return
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
-    assert "reward_model: unknown key; remove it (the allowed keys of <top level> are listed below)" in info.value.problems
+    expected = "reward_model: unknown key; remove it (the allowed keys of <top level> are listed below)"
+    assert expected in info.value.problems
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -65,6 +65,9 @@ def test_an_8bit_optimizer_is_named_when_this_machine_cannot_run_it(tmp_path: Pa
         assert f"optimizer: {name} is a bitsandbytes optimizer and runs on CUDA GPUs only; use adamw_torch on " \
                "this machine" in check_settings(r, cuda=False)
     assert check_settings(recipe("optimizer: adamw_torch_8bit\n"), cuda=False) == []  # torchao's runs anywhere
+    assert check_settings(recipe("optimizer: galore_adamw\n"), cuda=True) == [
+        "optimizer: galore_adamw needs the galore_torch package, which is not installed; install it, or use "
+        "adamw_torch"]
 
 
 def test_precision_keys(tmp_path: Path) -> None:
@@ -263,3 +266,16 @@ def test_unfrozen_parameters_freeze_everything_else_in_a_full_fine_tune(tiny) ->
     assert trainable == expected and kept == len(expected) == 10  # 9 tensors of layer 1 and the head
     with pytest.raises(ValueError, match="match no parameter of the model"):
         train_args.freeze_except(model, ["^vision_tower"])
+
+
+def test_group_by_length_and_resize_to_32x(tiny, tmp_path: Path) -> None:
+    import copy
+
+    from newt.tokens import prepare_tokens
+
+    kw, ta = training_arguments("group_by_length: true\n", tmp_path)
+    assert ta.train_sampling_strategy == "group_by_length"
+    model, tokenizer = copy.deepcopy(tiny[0]), copy.deepcopy(tiny[1])
+    assert model.get_input_embeddings().weight.shape[0] == 260
+    assert prepare_tokens(recipe("resize_token_embeddings_to_32x: true\nadapter:\n"), tokenizer, model) == []
+    assert model.get_input_embeddings().weight.shape[0] == 288 and model.get_output_embeddings().weight.shape[0] == 288

@@ -58,3 +58,11 @@ def test_reference_free_preference_methods_train(extra: str, method: str, extra_
     assert meta["method"] == method and meta["global_step"] == 2
     assert {k: meta[k] for k in extra_metric} == extra_metric
     assert len(meta["loss_history"]) == 2 and all(row["loss"] > 0 for row in meta["loss_history"])
+
+
+@pytest.mark.slow
+def test_kto_weights_reach_the_kto_trainer(tiny_recipe_file, tmp_path: Path) -> None:
+    recipe = recipe_with(tiny_recipe_file, tmp_path, "rl: kto\nmax_steps: 1\nkto_desirable_weight: 0.2\n"
+                         "kto_undesirable_weight: 1.5\n", write_pairs(tmp_path / "p.jsonl"))
+    meta = materialize_trained(recipe, tmp_path / "store")
+    assert (meta["method"], meta["desirable_weight"], meta["undesirable_weight"]) == ("kto", 0.2, 1.5)

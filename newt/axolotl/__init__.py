@@ -12,7 +12,7 @@ so an empty key there is the same as an absent one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from newt.axolotl.keys import CHAT_TEMPLATE_NAMES, CHATML, DATASET_KEYS, KEYS, TRL_KEYS, Key
@@ -77,7 +77,7 @@ def _apply(data: dict[str, Any], known: set[str], table: dict[str, Key], where: 
     return out, problems, notes
 
 
-def _pre(data: dict[str, Any], trl_keys: Iterable[str]) -> tuple[dict[str, Any], list[str], list[str]]:
+def _pre(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str, Any], list[str], list[str]]:
     """Axolotl readings that need more than one key, done before the table."""
     data = dict(data)
     problems: list[str] = []
@@ -94,6 +94,10 @@ def _pre(data: dict[str, Any], trl_keys: Iterable[str]) -> tuple[dict[str, Any],
         # Axolotl's activation offloading variants: checkpointing still happens, offloading is a memory saving.
         data["gradient_checkpointing"] = True
         notes.append(f"gradient_checkpointing: {gc!r} read as true (activation offloading is not used)")
+    if data.get("torch_compile") == "auto":
+        # Axolotl's auto compiles where the installed torch supports it, which every torch newt runs on does
+        data["torch_compile"] = True
+        notes.append("torch_compile: 'auto' read as true (the installed torch compiles)")
     if data.get("batch_size") and not data.get("gradient_accumulation_steps"):
         micro = data.get("micro_batch_size") or 1
         batch = data.pop("batch_size")
@@ -152,7 +156,7 @@ def _pre(data: dict[str, Any], trl_keys: Iterable[str]) -> tuple[dict[str, Any],
             else:
                 data["rl_beta"] = beta
                 notes.append(f"trl.beta: {beta!r} read as rl_beta: {beta!r}")
-        trl, p, n = _apply(trl, set(trl_keys), TRL_KEYS, "trl.")
+        trl, p, n = _apply(trl, fields["trl"], TRL_KEYS, "trl.")
         data["trl"] = trl
         problems += p
         notes += n
@@ -181,13 +185,13 @@ def _pretraining_entry(entry: Any) -> Any:
     return out
 
 
-def translate(
-    data: dict[str, Any], recipe_keys: Iterable[str], dataset_keys: Iterable[str], trl_keys: Iterable[str]
-) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema pass untouched; the
-    schema's field names are passed in because the schema module calls this one (no import cycle)."""
-    data, problems, notes = _pre(data, trl_keys)
-    out, p, n = _apply(data, set(recipe_keys), KEYS, "")
+def translate(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(recipe data with Axolotl spellings rewritten, problems, notes). Keys of newt's schema pass untouched.
+
+    `fields` names the schema's keys by section: "" (top level), "datasets" (each entry) and "trl"; the schema
+    (newt.config) passes them, so this module does not import it."""
+    data, problems, notes = _pre(data, fields)
+    out, p, n = _apply(data, fields[""], KEYS, "")
     problems += p
     notes += n
     datasets = out.get("datasets")
@@ -197,7 +201,7 @@ def translate(
             if not isinstance(spec, dict):
                 fixed.append(spec)
                 continue
-            spec_out, p, n = _apply(spec, set(dataset_keys), DATASET_KEYS, f"datasets[{i}].")
+            spec_out, p, n = _apply(spec, fields["datasets"], DATASET_KEYS, f"datasets[{i}].")
             if "message_property_mappings" in spec_out and "message_property_mappings" not in spec:
                 # a partial mapping from the old spellings keeps the default for the other half
                 spec_out["message_property_mappings"] = {

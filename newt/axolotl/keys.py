@@ -54,9 +54,9 @@ def _attn(kernel: str) -> Callable[[Any], dict[str, Any]]:
 _SPEED = "a speed/memory kernel: newt computes the same with PEFT/PyTorch's own layers"
 _TRACKING = (
     "this tracker setting is not supported; newt's trackers are report_to: [mlflow, wandb, tensorboard] with "
-    "the wandb_*/mlflow_* keys (docs/tracking.md)"
+    "the wandb_*/mlflow_*/use_tensorboard keys (docs/tracking.md)"
 )
-_TRACKED = "a field of newt's schema with Axolotl's meaning (docs/tracking.md); not part of any key"
+_TRACKED = "a key of newt's schema with Axolotl's meaning (docs/tracking.md); not part of any key"
 _ARCH = "newt reads the architecture from the model's config.json; accepted"
 
 # Axolotl's keys with newt's reading. Keys of newt's schema are listed as `applied` with to=None: they pass as they
@@ -76,6 +76,7 @@ KEYS: dict[str, Key] = {
     "lora_target_modules": applied("a list of module names or a regex (PEFT target_modules)"),
     "lora_target_linear": applied("every linear layer but the output head, plus lora_target_modules"),
     "gradient_checkpointing": applied("TrainingArguments gradient_checkpointing; `offload`/`unsloth` read as true"),
+    "torch_compile": applied("TrainingArguments torch_compile; `auto` read as true"),
     "gradient_checkpointing_kwargs": applied("TrainingArguments gradient_checkpointing_kwargs"),
     "special_tokens": applied("tokens set on the tokenizer, embeddings resized, new rows trained"),
     "tokens": applied("tokens added to the vocabulary, embeddings resized, new rows trained"),
@@ -109,6 +110,8 @@ KEYS: dict[str, Key] = {
     "lora_fan_in_fan_out": applied("PEFT LoraConfig fan_in_fan_out"),
     "peft_use_dora": applied("PEFT LoraConfig use_dora"),
     "peft_use_rslora": applied("PEFT LoraConfig use_rslora"),
+    "group_by_length": applied("TrainingArguments train_sampling_strategy: group_by_length (supervised rows)"),
+    "resize_token_embeddings_to_32x": applied("embeddings resized to a multiple of 32 rows"),
     "kto_desirable_weight": applied("KTOConfig desirable_weight"),
     "kto_undesirable_weight": applied("KTOConfig undesirable_weight"),
     "loss_watchdog_threshold": applied("training stops with an error when the loss stays above it"),
@@ -207,6 +210,22 @@ KEYS: dict[str, Key] = {
     "activation_offloading": noted("a memory setting: activations are recomputed or kept, the step is the same"),
     "save_only_model": noted("newt's checkpoints keep what resume needs; the artifact holds only the model"),
     "model_quantization_config_kwargs": noted("read with model_quantization_config"),
+    "moe_kernels": noted(_SPEED),
+    "ray_num_workers": noted("newt runs Ray through its own executor settings, not the recipe"),
+    "ray_run_name": noted("newt runs Ray through its own executor settings, not the recipe"),
+    "dataset_keep_in_memory": noted("a memory setting of dataset loading"),
+    "ddp": noted("set by the launcher (num_processes)"),
+    "world_size": noted("set by the launcher (num_processes)"),
+    "sample_packing_group_size": noted("packing is exact over the whole prepared split"),
+    "sample_packing_bin_size": noted("packing is exact over the whole prepared split"),
+    "multipack_real_batches": noted("packing is exact over the whole prepared split"),
+    "flash_optimum": noted(_SPEED),
+    "fsdp_final_state_dict_type": noted("the trained artifact always holds the full weights"),
+    "is_preprocess": noted("an Axolotl-internal value"),
+    "preprocess_iterable": noted("an Axolotl-internal value"),
+    "total_num_tokens": noted("an Axolotl-internal value (newt counts tokens in the prepared stage)"),
+    "total_supervised_tokens": noted("an Axolotl-internal value (newt counts tokens in the prepared stage)"),
+    "axolotl_config_path": noted("an Axolotl-internal value"),
     "use_ray": noted("newt runs Ray through its own executor settings, not the recipe"),
     # --- issue 18: trackers, manual resume, reward models -------------------------------------------------------
     **{k: applied(_TRACKED) for k in ("wandb_project", "wandb_entity", "wandb_name", "wandb_run_id", "wandb_mode",
@@ -228,6 +247,19 @@ KEYS: dict[str, Key] = {
     "wandb_log_model": refused(_TRACKING),
     "comet_api_key": refused(_TRACKING),
     "comet_project_name": refused(_TRACKING),
+    "use_wandb": refused(_TRACKING),
+    "use_mlflow": refused(_TRACKING),
+    "use_comet": refused(_TRACKING),
+    "mlflow_run_name": refused(_TRACKING),
+    "hf_mlflow_log_artifacts": refused(_TRACKING),
+    "comet_workspace": refused(_TRACKING),
+    "comet_experiment_key": refused(_TRACKING),
+    "comet_mode": refused(_TRACKING),
+    "comet_online": refused(_TRACKING),
+    "comet_experiment_config": refused(_TRACKING),
+    "use_otel_metrics": refused(_TRACKING),
+    "otel_metrics_host": refused(_TRACKING),
+    "otel_metrics_port": refused(_TRACKING),
     "do_bench_eval": refused("benchmarks run in the `evaluation` stage (eval.lm_eval_tasks)"),
     "bench_dataset": refused("benchmarks run in the `evaluation` stage (eval.lm_eval_tasks)"),
     "test_datasets": refused("newt holds out `val_set_size` rows of `datasets`; merge them or set val_set_size"),
@@ -236,7 +268,6 @@ KEYS: dict[str, Key] = {
     "load_best_model_at_end": refused("the trained stage keeps the last weights; gate them with eval.thresholds",
                                       False),
     "metric_for_best_model": refused("the trained stage keeps the last weights; gate them with eval.thresholds"),
-    "group_by_length": refused("length-grouped batches are not supported; remove it"),
     "lora_model_dir": refused("starting from an existing adapter is not supported; merge it into the base first"),
     "lora_target_parameters": refused("LoRA on raw parameters is not supported; target modules instead"),
     "peft_layers_to_transform": refused("not supported; target modules with a regex in lora_target_modules"),
@@ -249,7 +280,6 @@ KEYS: dict[str, Key] = {
     "image_size": refused("set the size in the processor's preprocessor config"),
     "image_resize_algorithm": refused("set resampling in the processor's preprocessor config"),
     "mean_resizing_embeddings": refused("new embedding rows start as transformers initialises them", False),
-    "resize_token_embeddings_to_32x": refused("not supported; remove it", False),
     "shrink_embeddings": refused("not supported; remove it", False),
     "fix_untrained_tokens": refused("not supported; remove it"),
     "sequence_parallel_degree": refused("sequence parallelism is not supported", 1),
@@ -267,6 +297,19 @@ KEYS: dict[str, Key] = {
     "embedding_lr_scale": refused("a separate embedding learning rate is not supported; remove it"),
     "loraplus_lr_ratio": refused("LoRA+ is not supported; remove it"),
     "relora_steps": refused("ReLoRA is not supported; remove it"),
+    "dataloader_drop_last": refused("newt trains on every row; remove it", False),
+    "accelerator_config": refused("newt's launcher writes the accelerate settings; remove it"),
+    "device_map": refused("newt places the model itself (one GPU per process); remove it", "auto"),
+    "sample_packing_sequentially": refused("packing is first-fit over the shuffled rows; remove it", False),
+    "curriculum_sampling": refused("rows are shuffled by seed (shuffle_merged_datasets); remove it", False),
+    "batch_flattening": refused("use sample_packing (padding-free packed batches)", False),
+    "pretraining_sample_concatenation": refused("use sample_packing", False),
+    "min_sample_len": refused("short rows are not dropped by length; filter the data", 0),
+    "heads_k_stride": refused("sequence parallelism is not supported", 1),
+    "bench_split": refused("benchmarks run in the `evaluation` stage (eval.lm_eval_tasks)"),
+    "greater_is_better": refused("the trained stage keeps the last weights; gate them with eval.thresholds"),
+    "llama4_linearized_experts": refused("Axolotl's linearized Llama 4 experts are not supported; use the model as "
+                                         "transformers loads it"),
     "qat": refused("quantization-aware training is not supported; quantize after training (quantize.outputs)"),
     "cosine_constant_lr_ratio": refused("a constant phase in the cosine schedule is not supported; use "
                                         "cosine_min_lr_ratio", 0),

@@ -9,44 +9,55 @@ from __future__ import annotations
 import ast
 import importlib.util
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from newt.config import Recipe
+from newt.spelling import close_match
 
 # Axolotl plugins newt applies (by class name, whatever module path the config spells) → what they switch on.
 PLUGINS = {"LigerPlugin": "Liger kernels (liger_* keys)", "CutCrossEntropyPlugin": "cut_cross_entropy"}
 
 
-@lru_cache(maxsize=1)
-def optimizer_names() -> tuple[str, ...]:
-    """transformers' `OptimizerNames` values. Read from the module's source (a plain string enum) so that
-    `newt validate` does not pay for importing transformers and torch; imported when the source cannot be read."""
-    spec = importlib.util.find_spec("transformers.training_args")
+@lru_cache(maxsize=None)
+def enum_values(module: str, name: str) -> tuple[str, ...]:
+    """The string values of a transformers enum (`OptimizerNames`, `SchedulerType`). Read from the module's source
+    (plain string enums) so that `newt validate` does not pay for importing transformers and torch; imported when
+    the source cannot be read."""
+    spec = importlib.util.find_spec(module)
     names: list[str] = []
     if spec is not None and spec.origin:
         with open(spec.origin, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         for node in tree.body:
-            if isinstance(node, ast.ClassDef) and node.name == "OptimizerNames":
+            if isinstance(node, ast.ClassDef) and node.name == name:
                 names = [
                     stmt.value.value for stmt in node.body
                     if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
                     and isinstance(stmt.value.value, str)
                 ]
     if not names:
-        from transformers.training_args import OptimizerNames
+        from importlib import import_module
 
-        names = [o.value for o in OptimizerNames]
+        names = [o.value for o in getattr(import_module(module), name)]
     return tuple(names)
+
+
+def optimizer_names() -> tuple[str, ...]:
+    return enum_values("transformers.training_args", "OptimizerNames")
+
+
+def check_scheduler(value: str) -> str:
+    names = enum_values("transformers.trainer_utils", "SchedulerType")
+    if value in names:
+        return value
+    hint = close_match(value, names)
+    raise ValueError(f"not a learning-rate schedule transformers knows; choose one of: {', '.join(names)}"
+                     + (f" (did you mean {hint!r}?)" if hint else ""))
 
 
 def check_optimizer(value: str) -> str:
     names = optimizer_names()
     if value in names:
         return value
-    from newt.recipe_errors import close_match
-
     hint = close_match(value, names)
     raise ValueError(f"not an optimizer transformers knows; choose one of: {', '.join(names)}"
                      + (f" (did you mean {hint!r}?)" if hint else ""))
@@ -56,7 +67,8 @@ def plugin_kind(name: str) -> str | None:
     return name.rsplit(".", 1)[-1] if name.rsplit(".", 1)[-1] in PLUGINS else None
 
 
-def cross_field_problems(recipe: Recipe) -> list[str]:
+def cross_field_problems(recipe: Any) -> list[str]:
+    """`recipe` is a validated newt.config.Recipe (not imported here: the schema calls this module)."""
     problems: list[str] = []
     given = recipe.model_fields_set
     if recipe.warmup_ratio is not None and recipe.warmup_steps:
@@ -77,6 +89,13 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
         if plugin_kind(name) is None:
             problems.append(f"plugins[{i}]: {name!r} is not an Axolotl plugin newt applies; newt applies "
                             f"{', '.join(PLUGINS)} (by class name); remove it")
+    if recipe.group_by_length and recipe.rl:
+        problems.append(f"group_by_length needs tokenized supervised rows, but rl: {recipe.rl} rows are text; "
+                        "remove group_by_length")
+    if recipe.resize_token_embeddings_to_32x and recipe.adapter and (
+            recipe.tokens or recipe.eot_tokens or recipe.special_tokens.additional_special_tokens):
+        problems.append("resize_token_embeddings_to_32x with new tokens and a LoRA adapter is not supported (the "
+                        "merged model would not match the adapter's embedding); remove one of them")
     if recipe.rl not in ("orpo",) and recipe.orpo_alpha is not None:
         problems.append(f"orpo_alpha is set but rl is {recipe.rl!r}; set rl: orpo or remove orpo_alpha")
     if recipe.rl not in ("cpo", "simpo") and (recipe.cpo_alpha is not None or recipe.simpo_gamma is not None):

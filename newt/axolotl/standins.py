@@ -17,21 +17,29 @@ from typing import Any
 ENV = "NEWT_STANDINS"
 
 
+class StandinsError(ValueError):
+    """The stand-ins file cannot be used; the recipe parser reports it as a problem of the file named."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
 def load_standins() -> dict[str, str]:
     path = os.environ.get(ENV)
     if not path:
         return {}
     import yaml
 
-    from newt.recipe_errors import RecipeError
-
     file = Path(path).expanduser()
     try:
         table = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(str(file), [f"{ENV} names a file newt cannot read as YAML ({exc}); fix or unset it"]) from None
+        raise StandinsError(str(file), f"{ENV} names a file newt cannot read as YAML ({exc}); fix or unset it") \
+            from None
     if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
-        raise RecipeError(str(file), [f"{ENV}: expected a mapping of hub name → replacement (both text)"])
+        raise StandinsError(str(file), f"{ENV}: expected a mapping of hub name → replacement (both text)")
     base = file.parent
     # a relative local replacement is relative to the stand-ins file, so the table travels with its data
     return {k: (v if ":" in v or Path(v).is_absolute() or not (base / v).exists() else str(base / v))

@@ -85,6 +85,8 @@ def training_kwargs(recipe: Recipe, checkpoints: Path, *, has_eval: bool = False
         "save_on_each_node": recipe.num_machines > 1 and recipe.launcher == "local",
         "neftune_noise_alpha": recipe.neftune_noise_alpha,
     }
+    if recipe.group_by_length:
+        kwargs["train_sampling_strategy"] = "group_by_length"
     for key in ("max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon"):
         if getattr(recipe, key) is not None:
             kwargs[key] = getattr(recipe, key)
@@ -201,18 +203,32 @@ def lora_kwargs(recipe: Recipe, model: Any = None, new_token_ids: list[int] | No
     }
 
 
+# Optimizers of transformers' OptimizerNames that need a package besides torch (name prefix → import name), so
+# the trained stage names a missing one before the model loads; the bitsandbytes ones are checked below.
+OPTIMIZER_PACKAGES = {
+    "galore_": "galore_torch", "apollo_": "apollo_torch", "lomo": "lomo_optim", "adalomo": "lomo_optim",
+    "grokadamw": "grokadamw", "schedule_free_": "schedulefree", "stable_adamw": "optimi",
+    "adamw_torch_4bit": "torchao", "adamw_torch_8bit": "torchao", "adamw_anyprecision": "torchdistx",
+}
+
+
 def hardware_problems(recipe: Recipe, *, cuda: bool) -> list[str]:
     """The Axolotl-derived settings this machine cannot run (newt.train.hardware adds them to its list)."""
     problems = []
     optim = recipe.optimizer
     # bitsandbytes' optimizers (adamw_torch_8bit is torchao's and runs anywhere)
-    if ("8bit" in optim and "torch" not in optim) or "bnb" in optim or optim.startswith(("paged_", "lion_", "ademamix")):
+    bnb = ("8bit" in optim and "torch" not in optim) or "bnb" in optim
+    if bnb or optim.startswith(("paged_", "lion_", "ademamix")):
         if importlib.util.find_spec("bitsandbytes") is None:
             problems.append(f"optimizer: {optim} needs bitsandbytes, which is not installed; pip install "
                             "bitsandbytes, or use adamw_torch")
         elif not cuda:
             problems.append(f"optimizer: {optim} is a bitsandbytes optimizer and runs on CUDA GPUs only; use "
                             "adamw_torch on this machine")
+    package = next((m for prefix, m in OPTIMIZER_PACKAGES.items() if optim.startswith(prefix)), None)
+    if package is not None and importlib.util.find_spec(package) is None:
+        problems.append(f"optimizer: {optim} needs the {package} package, which is not installed; install it, or "
+                        "use adamw_torch")
     if "/" in recipe.attn_implementation and (not cuda or importlib.util.find_spec("kernels") is None):
         problems.append(f"attn_implementation: {recipe.attn_implementation} is a hub kernel and needs a CUDA GPU and "
                         "the kernels package (pip install 'newt[gpu]'); use sdpa on this machine")

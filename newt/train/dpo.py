@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics["rl_beta"] = recipe.rl_beta
         if recipe.rl == "dpo":
             metrics["dpo_loss_type"] = list(recipe.dpo_loss_type)
+        else:  # the KTO weights the trainer ran with (kto_desirable_weight / kto_undesirable_weight)
+            metrics.update(desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
         metrics.update(track.links)  # where the tracker runs are (URL or folder)
         reporter.finish(output, metrics)
     reporter.close()

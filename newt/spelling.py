@@ -1,21 +1,10 @@
-"""How a recipe's problems are reported: one error naming every problem, and "did you mean" for close spellings
-only. Its own module because the schema and the Axolotl translation both need it, and the schema calls the
-translation."""
+"""Which real name a misspelt one was meant to be: "did you mean" only for close spellings, since no suggestion
+beats a wrong one. Used for recipe keys, enumeration values, optimizer and template names."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any
-
-
-class RecipeError(ValueError):
-    """Every problem of one recipe file, each naming its key path, the bad value, what is allowed and the fix."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        plural = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: {len(problems)} {plural}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _osa_distance(a: str, b: str) -> int:
