@@ -22,11 +22,15 @@ import dagster as dg
 
 from newt.errors import Interrupted, interrupted_by
 
+from . import job_name
+
 if (__package__ or "").startswith("newt_dagster"):  # installed from the wheel (pyproject.toml's package-dir)
     from .. import definitions
+    from ..assets import stage_asset_key
     from ..resources.runs import mark_dead_runs, process_tags
 else:  # a checkout: top-level packages beside newt/
     import definitions
+    from assets import stage_asset_key
     from resources.runs import mark_dead_runs, process_tags
 
 LAYER = Path(definitions.__file__).resolve().parent  # the checkout root, or site-packages/newt_dagster
@@ -177,8 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(recipe, debug=getattr(args, "debug", False))
     defs = definitions.build_definitions(recipe_files=[Path(args.recipe)])
     # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
-    job = defs.resolve_job_def(f"{recipe.name}_job").with_logger_defs({"newt": _progress_logger(progress)})
-    selection = [dg.AssetKey([recipe.name, s]) for s in stages]
+    job = defs.resolve_job_def(job_name(recipe)).with_logger_defs({"newt": _progress_logger(progress)})
+    selection = [stage_asset_key(recipe.name, s) for s in stages]
     from newt.cache import store_from_env
 
     print(f"newt run {recipe.name}: {', '.join(stages)} → store {store_from_env().root}", file=sys.stderr)

@@ -61,15 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bin_dir = Path(sys.executable).parent
     run_id = str(uuid.uuid4())
-    daemon = lifetime.start([str(bin_dir / "dagster-daemon"), "run", "-w", args.workspace], os.environ)
-    try:
-        select = ["-o", args.op_selection] if args.op_selection else []
-        subprocess.run([str(bin_dir / "dagster"), "job", "launch", "-w", args.workspace, "-j", args.job,
-                        "--run-id", run_id, *select], check=True, cwd=Path(args.workspace).parent)
-        with dg.DagsterInstance.get() as instance:
+    # The instance's storage is created here first: a daemon and `dagster job launch` creating a fresh
+    # DAGSTER_HOME's SQLite schemas at the same moment fail ("more than one head").
+    with dg.DagsterInstance.get() as instance:
+        instance.get_run_records(limit=1)
+        daemon = lifetime.start([str(bin_dir / "dagster-daemon"), "run", "-w", args.workspace], os.environ)
+        try:
+            select = ["-o", args.op_selection] if args.op_selection else []
+            subprocess.run([str(bin_dir / "dagster"), "job", "launch", "-w", args.workspace, "-j", args.job,
+                            "--run-id", run_id, *select], check=True, cwd=Path(args.workspace).parent)
             status = wait(instance, run_id, daemon)
-    finally:
-        lifetime.stop(daemon)
+        finally:
+            lifetime.stop(daemon)
     print(f"{args.job}: run {run_id} {status}", file=sys.stderr)
     return 0 if status == "SUCCESS" else 1
 
