@@ -303,6 +303,8 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     tools.goto(f"{base}/assets/tiny/evaluation?view=checks")
     text = tools.wait_for(*checks, "Passed")
     assert f"Checks ({len(checks)})" in text and "eval_regression" not in text
+    assert tools.click_text("[Show Markdown]"), "the check's verdicts"
+    tools.wait_for("merged loss = ", "(needs <= 100.0)")
     tools.screenshot("6-evaluation-checks")
 
 
