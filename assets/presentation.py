@@ -1,7 +1,7 @@
 """How a stage's outcome reads in the Dagster UI: metadata values built from what the core returned.
 
-- `trained`: the training curve as a PNG embedded in markdown (a `data:` URI, which the asset page renders as an
-  image) and the logged rows as a typed table;
+- `trained`: the training curve as a text chart (inline) and as a PNG in the artifact (linked), and the logged rows
+  as a typed table;
 - `evaluation`: the results as a typed table (one row per model variant) next to the markdown one, and one numeric
   entry per `<variant>/<metric>`, which the UI plots across materializations;
 - a cache hit reports the same numbers as text, not as numbers: it re-reports an existing artifact, and a number
@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
             meta["results_table"] = results_table_value(value)
             plotted.update(flat_metrics(value))
         elif name == "loss_history" and isinstance(value, list):
-            meta.update(history_metadata(value))
+            meta.update(history_metadata(value, outcome.uri))
         elif name.endswith("_preview") or name.endswith("_markdown"):
             meta[name] = dg.MetadataValue.md(str(value))
         elif name.endswith("_url") and isinstance(value, str):  # tracker runs (newt/tracking.py)
@@ -74,15 +73,20 @@ def recipe_reference(recipe: Recipe) -> dict[str, Any]:
         return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
 
 
-def history_metadata(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """`loss_curve` (the picture) and `loss_history` (the rows, typed) of the training's logged steps."""
-    from newt.plots import loss_png
+def history_metadata(history: list[dict[str, Any]], artifact: str) -> dict[str, Any]:
+    """`loss_curve` (a text chart of the logged steps, shown inline), `loss_curve_png` (the matplotlib picture in
+    the artifact) and `loss_history` (the rows, typed).
+
+    Dagster 1.13's markdown renderer drops images whose source is not http(s) — a `data:` URI included — and raw
+    HTML, so the PNG cannot be shown inline; the text chart can, in the monospace font the UI renders markdown in."""
+    from newt.plots import loss_text_chart
+    from newt.train import LOSS_PNG
 
     out: dict[str, Any] = {"loss_history": rows_table(history)}
-    png = loss_png(history, title="training loss")
-    if png is not None:
-        out["loss_curve"] = dg.MetadataValue.md(
-            f"![training loss over steps](data:image/png;base64,{base64.b64encode(png).decode()})")
+    chart = loss_text_chart(history)
+    if chart is not None:
+        out["loss_curve"] = dg.MetadataValue.md(f"```\n{chart}\n```")
+        out["loss_curve_png"] = dg.MetadataValue.path(f"{artifact.rstrip('/')}/{LOSS_PNG}")
     return out
 
 

@@ -51,3 +51,29 @@ def loss_png(history: list[dict[str, Any]], title: str = "training") -> bytes | 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def loss_text_chart(history: list[dict[str, Any]], width: int = 60, height: int = 12) -> str | None:
+    """The loss (● train, ○ eval) over steps as a text chart: what the Dagster UI can show inline, since its
+    markdown renderer (1.13) drops `data:` images and raw HTML; None when there is no loss point."""
+    series = {mark: [(row["step"], row[col]) for row in history if isinstance(row.get(col), (int, float))
+                     and isinstance(row.get("step"), (int, float))]
+              for mark, col in (("●", "loss"), ("○", "eval_loss"))}
+    points = [p for pts in series.values() for p in pts]
+    if not series["●"]:
+        return None
+    (x0, x1), (y0, y1) = [(min(v), max(v)) for v in zip(*points)]
+    grid = [[" "] * width for _ in range(height)]
+    for mark, pts in series.items():
+        for x, y in pts:
+            col = round((x - x0) / (x1 - x0) * (width - 1)) if x1 > x0 else 0
+            row = round((y1 - y) / (y1 - y0) * (height - 1)) if y1 > y0 else height // 2
+            grid[row][col] = mark
+    label = max(len(f"{y1:.4g}"), len(f"{y0:.4g}"))
+    lines = [f"{(f'{y1:.4g}' if r == 0 else f'{y0:.4g}' if r == height - 1 else ''):>{label}} │{''.join(g)}"
+             for r, g in enumerate(grid)]
+    lines.append(" " * label + " └" + "─" * width)
+    left, right = f"step {x0:g}", f"{x1:g}"
+    lines.append(" " * (label + 2) + left + right.rjust(width - len(left)))
+    legend = "● train loss" + (" · ○ eval loss" if series["○"] else "")
+    return "\n".join([legend, *lines])

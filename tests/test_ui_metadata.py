@@ -3,7 +3,6 @@ only configured gates as checks, cache hits that add no plot point, run tags, ki
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import subprocess
 from pathlib import Path
@@ -59,9 +58,10 @@ def test_a_run_reads_well_in_the_ui(tiny_recipe_file, tmp_path: Path) -> None:
         meta = materializations(first)
         trained = meta["trained"].metadata
         curve = trained["loss_curve"].value
-        prefix = "![training loss over steps](data:image/png;base64,"
-        assert curve.startswith(prefix) and curve.endswith(")")
-        assert base64.b64decode(curve[len(prefix):-1])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert curve.startswith("```\n● train loss\n") and curve.endswith("\n```")
+        assert curve.count("●") == 1 + 3 and "step 1" in curve  # the legend's and one per logged step
+        png = Path(trained["loss_curve_png"].value)
+        assert png.parent == Path(trained["artifact"].value) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         history = trained["loss_history"]
         assert isinstance(history, dg.TableMetadataValue)
         types = {c.name: c.type for c in history.schema.columns}

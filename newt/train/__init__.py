@@ -39,6 +39,17 @@ class TrainError(ValueError):
     pass
 
 
+LOSS_PNG = "loss.png"  # the training curve in the artifact (newt/plots.py); the UI links it
+
+
+def write_loss_png(history: list[dict], path: Path) -> None:
+    from newt.plots import loss_png
+
+    png = loss_png(history, title="training loss")
+    if png is not None:
+        path.write_bytes(png)
+
+
 def method_of(recipe: Recipe) -> str:
     return recipe.rl or "sft"
 
@@ -193,7 +204,9 @@ def build(run: StageRun) -> dict[str, Any]:
                          "machine 0 writes and commits the trained artifact, this one commits nothing")
     if not metrics_file.is_file():
         raise RuntimeError(f"training child exited without writing {metrics_file}; see its log above")
-    return json.loads(metrics_file.read_text())
+    metrics = json.loads(metrics_file.read_text())
+    write_loss_png(metrics.get("loss_history") or [], work / LOSS_PNG)  # issue 17: the curve, beside the model
+    return metrics
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
