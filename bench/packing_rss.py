@@ -63,7 +63,7 @@ def measure(folder: Path, capacity: int) -> None:
     out = folder / "packed"
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    packed, info = pack_dataset(rows, order, capacity, seed=0, cache_dir=str(out))
+    packed, bin_order, info = pack_dataset(rows, order, capacity, seed=0, cache_dir=str(out))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"rows": len(rows), "bins": info["bins"], "fill": info["fill"], "seconds": round(seconds, 1),

@@ -30,7 +30,8 @@ from newt.train.multinode import for_machine
 
 PLACEMENT_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
-# Pipes variables reach rank 0 only; every other rank would otherwise open a second Pipes session (newt/train/report.py).
+# Pipes variables go to machine 0 only: the child opens Pipes on global rank 0 (newt/train/report.py), no other
+# machine needs them, and a node far from Dagster should not be handed its message channel.
 RANK0_ONLY = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES")
 
 
