@@ -1,4 +1,4 @@
-"""Packed rows at training time (newt.packing.BinCollator): one batch row per bin, no attention across examples."""
+"""Packed rows at training time (newt.train.packed.BinCollator): one batch row per bin, no attention across examples."""
 
 from __future__ import annotations
 
