@@ -135,8 +135,8 @@ def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
     """{path: sha256} of every local image file a local JSON Lines / JSON dataset's rows name (parts or the
     `images`/`image` column), so the `prepared` key changes when an image is replaced in place. Images given as
     bytes or base64 are in the dataset file itself; remote URLs and other formats are not read here
-    (docs/masking.md)."""
-    import json
+    (docs/masking.md). The rows are parsed once per dataset content (the list of paths is cached under the
+    dataset's sha256); each image's digest is reused while its size and mtime are unchanged."""
     from pathlib import Path
 
     from newt.cache import file_sha256
@@ -144,13 +144,38 @@ def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
     path = Path(dataset_path).expanduser()
     if "://" in dataset_path or not path.is_file() or path.suffix not in (".jsonl", ".json"):
         return {}
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-        rows = data if isinstance(data, list) else []
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     out = {}
+    for ref in _image_paths(path):
+        file = Path(ref) if ref.startswith("/") else Path(base) / ref
+        if file.is_file():
+            out[ref] = file_sha256(file)
+    return out
+
+
+def _image_paths(path: Any) -> list[str]:
+    """The local image paths a dataset file's rows name, cached by the file's content digest."""
+    import json
+    import os
+
+    from newt.cache import file_sha256
+    from newt.tiny import cache_dir
+
+    entry = cache_dir() / "image_paths" / f"{file_sha256(path)}.json"
+    try:
+        return json.loads(entry.read_text())
+    except (OSError, ValueError):
+        pass
+    text = path.read_text()
+    rows: list = []
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+            rows = data if isinstance(data, list) else []
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError:
+        return []  # not JSON: the dataset stage names the bad line
+    refs: dict[str, None] = {}
     for row in rows:
         if not isinstance(row, dict):
             continue
@@ -158,15 +183,19 @@ def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
         column = row.get("images", row.get("image"))
         column = column if isinstance(column, list) else ([column] if column else [])
         try:
-            refs = image_refs(conv, column)
+            found = image_refs(conv, column)
         except (ValueError, AttributeError, TypeError):
             continue  # prepare reports the row, with the fix
-        for ref in refs:
+        for ref in found:
             if isinstance(ref, dict):
                 ref = ref.get("path") if not ref.get("bytes") else None
-            if not isinstance(ref, str) or "://" in ref or ref.startswith("data:"):
-                continue
-            file = Path(ref) if ref.startswith("/") else Path(base) / ref
-            if file.is_file():
-                out[ref] = file_sha256(file)
-    return out
+            if isinstance(ref, str) and "://" not in ref and not ref.startswith("data:"):
+                refs[ref] = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")  # concurrent planners each write their own
+        tmp.write_text(json.dumps(list(refs)))
+        tmp.replace(entry)
+    except OSError:  # a read-only cache only costs a re-parse next time
+        pass
+    return list(refs)
