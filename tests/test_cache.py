@@ -71,6 +71,10 @@ def _mutated(value: typing.Any, annotation: typing.Any) -> typing.Any:
     return None
 
 
+# Strings checked against transformers' own names: another valid name (appending "x" is not one).
+NAMED = {"optimizer": "sgd", "lr_scheduler": "linear", "attn_implementation": "eager", "fsdp_version": 1}
+# Fields valid only together with another one: that one is set too (it keys no stage itself).
+TOGETHER = {"num_machines": {"main_process_ip": "127.0.0.1"}}
 # Fields whose mutation needs an existing file or a valid model name; covered by dedicated tests below.
 EXTERNAL = {"base_model", "tokenizer_config", "chat_template", "chat_template_jinja", "datasets"}
 
@@ -94,10 +98,10 @@ def test_each_stage_field_changes_exactly_its_stage_and_downstream(tiny_recipe_f
                 assert changed_stages(base, variant) == expect, f"{name}.{sub}"
                 tested += 1
             continue
-        new = _mutated(value, info.annotation)
+        new = NAMED[name] if name in NAMED and value != NAMED[name] else _mutated(value, info.annotation)
         if new is None:
             continue
-        variant = Recipe.model_validate({**base.model_dump(), name: new})
+        variant = Recipe.model_validate({**base.model_dump(), name: new, **TOGETHER.get(name, {})})
         expect = set().union(*(downstream(s) for s in stages))
         assert changed_stages(base, variant) == expect, name
         tested += 1

@@ -139,7 +139,7 @@ UPPER = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\\n{{ m['content'] |
 def test_mask_audit_gate(tmp_path: Path, data: Path) -> None:
     # A template that rewrites the content: what is supervised is not the assistant's text.
     extra = f'chat_template: jinja\nchat_template_jinja: "{UPPER}"\n'
-    with pytest.raises(prepare.PrepareError, match="mask audit: 40 of 40 rows"):
+    with pytest.raises(prepare.PrepareError, match="mask audit: 40 of 40 sampled rows"):
         prepared(tmp_path, [data], extra, store="a")
     out, _ = prepared(tmp_path, [data], extra + "mask_audit_max_failure_rate: 1.0\n", store="b")
     assert out.metadata["audit"]["failure_rate"] == 1.0
