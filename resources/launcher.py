@@ -55,7 +55,10 @@ class LocalLauncher(TrainingLauncher):
 
 
 # Variables of the parent's environment that the pod needs (the rest of the parent's environment stays here).
-POD_ENV = ("NEWT_STORE", "NEWT_STORE_OPTIONS", "NEWT_CACHE_DIR", "HF_HOME", "HF_TOKEN", "TOKENIZERS_PARALLELISM")
+POD_ENV = ("NEWT_STORE", "NEWT_STORE_OPTIONS", "NEWT_CACHE_DIR", "HF_HOME", "HF_TOKEN", "TOKENIZERS_PARALLELISM",
+           # experiment trackers (docs/tracking.md): credentials stay in the environment, never in the recipe
+           "NEWT_TRACKING_DIR", "WANDB_API_KEY", "WANDB_BASE_URL", "MLFLOW_TRACKING_USERNAME",
+           "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
 
 
 class K8sLauncher(TrainingLauncher):
