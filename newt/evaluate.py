@@ -162,7 +162,7 @@ def evaluators() -> dict[str, Evaluator]:
     The one shared place of per-method evaluation: each method's code lives in its own module (newt/eval/), and a
     new method adds one entry here. ORPO, SimPO and CPO are reference-free preference methods (newt/eval/preference.py).
     """
-    from newt.eval import grpo, preference
+    from newt.eval import grpo, preference, reward
 
     return {
         "sft": sft_scores,
@@ -172,6 +172,7 @@ def evaluators() -> dict[str, Evaluator]:
         "simpo": preference.scores,
         "cpo": preference.scores,
         "grpo": grpo.scores,
+        "reward": reward.scores,  # reward models: pairwise accuracy (loaded as sequence classifiers, newt.models)
     }
 
 
@@ -195,10 +196,6 @@ def build(run: StageRun) -> dict[str, Any]:
     from newt.prepare import load_prepared
 
     recipe = run.recipe
-    if recipe.rl == "reward":  # issue 18: a reward model loads as a sequence classifier (newt/eval/reward.py)
-        from newt.eval import reward
-
-        return reward.build(run, load_variant)
     method = recipe.rl or "sft"
     if method not in evaluators():
         raise ValueError(f"evaluation: rl: {method} has no evaluator; known methods: {', '.join(evaluators())}")

@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "data" / "axolotl"
 STANDINS = CONFIGS / "standins.yaml"
 FILES = sorted(CONFIGS.glob("*.yml"))
-# Configs that need a key another feature adds: the reward model needs `reward_model` (issue 18).
-NEEDS_REWARD_MODEL = {"reward-model.yml"}
 
 
 def test_the_corpus_covers_the_kinds_of_axolotl_configs() -> None:
@@ -30,7 +28,7 @@ def test_the_corpus_covers_the_kinds_of_axolotl_configs() -> None:
         assert any(needle in t for t in text.values()), needle
 
 
-@pytest.mark.parametrize("path", [p for p in FILES if p.name not in NEEDS_REWARD_MODEL], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_each_config_validates_and_plans_offline(path: Path, monkeypatch) -> None:
     from newt.pipeline import nodes, plan
 
@@ -43,16 +41,12 @@ def test_each_config_validates_and_plans_offline(path: Path, monkeypatch) -> Non
     assert set(keys) == set(nodes(recipe)) and all(len(k.key) == KEY_LENGTH for k in keys.values())
 
 
-def test_the_reward_model_config_plans_once_reward_models_exist(monkeypatch) -> None:
+def test_the_reward_model_config_reads_as_rl_reward(monkeypatch) -> None:
     monkeypatch.setenv("NEWT_STANDINS", str(STANDINS))
-    path = CONFIGS / "reward-model.yml"
-    if "reward_model" in Recipe.model_fields:
-        load_recipe(path)
-        return
-    with pytest.raises(RecipeError) as info:
-        load_recipe(path)
-    expected = "reward_model: unknown key; remove it (the allowed keys of <top level> are listed below)"
-    assert expected in info.value.problems
+    recipe = load_recipe(CONFIGS / "reward-model.yml")
+    assert recipe.rl == "reward"  # Axolotl's reward_model: true
+    assert any(n.startswith("datasets[0]: Axolotl prompt strategy 'bradley_terry.chat_template' is not applied")
+               for n in recipe.notes)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

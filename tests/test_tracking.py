@@ -102,7 +102,10 @@ def tracked(mlflow_server, tmp_path_factory):
                  if e.materialization.asset_key.path[-1] == "trained"]
     logs = [r.user_message for r in instance.all_logs(result.run_id)]
     print(f"tracked training through Dagster: {took:.1f} s")
-    return {"run_id": result.run_id, "meta": {k: v.value for k, v in trained.metadata.items()}, "logs": logs,
+    # tables (loss_history) as their rows; every other entry as its value
+    meta = {k: [r.data for r in v.records] if isinstance(v, dg.TableMetadataValue) else v.value
+            for k, v in trained.metadata.items()}
+    return {"run_id": result.run_id, "meta": meta, "logs": logs,
             "key": trained.metadata["key"].value, "root": root, "url": mlflow_server}
 
 

@@ -160,7 +160,8 @@ def _pre(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str
         data["trl"] = trl
         problems += p
         notes += n
-    if data.get("rl") and isinstance(data.get("datasets"), list):
+    method = data.get("rl") or ("reward" if data.get("reward_model") is True else None)  # reward_model: rl: reward
+    if method and isinstance(data.get("datasets"), list):
         fixed = []
         for i, spec in enumerate(data["datasets"]):
             if isinstance(spec, dict) and isinstance(spec.get("type"), (str, dict)) and spec["type"] not in SFT_TYPES:
@@ -168,7 +169,7 @@ def _pre(data: dict[str, Any], fields: Mapping[str, set[str]]) -> tuple[dict[str
                 spec = {k: v for k, v in spec.items() if k not in dropped}
                 notes.append(
                     f"datasets[{i}]: Axolotl prompt strategy {data['datasets'][i]['type']!r} is not applied "
-                    f"({', '.join(dropped)} dropped); newt reads rl: {data['rl']} rows in TRL's columns "
+                    f"({', '.join(dropped)} dropped); newt reads rl: {method} rows in TRL's columns "
                     "(docs/training.md), and the prepared stage names any missing column"
                 )
             fixed.append(spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from newt.spelling import close_match
@@ -22,10 +23,14 @@ def enum_values(module: str, name: str) -> tuple[str, ...]:
     """The string values of a transformers enum (`OptimizerNames`, `SchedulerType`). Read from the module's source
     (plain string enums) so that `newt validate` does not pay for importing transformers and torch; imported when
     the source cannot be read."""
-    spec = importlib.util.find_spec(module)
+    # find_spec of a submodule would import its package (transformers' __init__); find the package's folder only
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
     names: list[str] = []
-    if spec is not None and spec.origin:
-        with open(spec.origin, encoding="utf-8") as f:
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    source = Path(folders[0], *rest.split(".")).with_suffix(".py") if folders and rest else None
+    if source is not None and source.is_file():
+        with open(source, encoding="utf-8") as f:
             tree = ast.parse(f.read())
         for node in tree.body:
             if isinstance(node, ast.ClassDef) and node.name == name:

@@ -16,12 +16,10 @@ the child does), i.e. the reward model before training: about 0.5 accuracy.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe
-from newt.models import load_scorer  # noqa: F401 - the reward model's loader, also used by newt.merge
-from newt.stage import StageRun
+from newt.models import load_scorer
 
 
 def rewards(model: Any, pad_id: int, sequences: list[list[int]], batch_size: int = 32) -> list[float]:
@@ -59,24 +57,3 @@ def scores(model: Any, tokenizer: Any, rows: list[dict], recipe: Recipe, context
         "rejected_reward": round(sum(rejected) / n, 5),
         "rows": len(rows),
     }
-
-
-def build(run: StageRun, load_variant: Any) -> dict[str, Any]:
-    """The evaluation stage for `rl: reward`: `scores` for each variant of `eval.models`, loaded by the evaluation
-    stage's `load_variant` (passed in: newt.evaluate calls this module)."""
-    import json
-
-    from newt.prepare import load_prepared
-
-    recipe = run.recipe
-    held_out = load_prepared(run.upstream["prepared"], "validation")
-    if len(held_out) == 0:
-        raise ValueError("evaluation: the prepared data has no validation pairs; set val_set_size (e.g. 0.05 or 200)")
-    rows = [held_out[i] for i in range(min(len(held_out), recipe.eval.max_samples))]
-    results: dict[str, dict] = {}
-    for variant in recipe.eval.models:
-        model, tokenizer = load_variant(variant, run)
-        results[variant] = scores(model, tokenizer, rows, recipe)
-        run.log(f"evaluation: {variant}: {results[variant]}")
-    (Path(run.workdir) / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    return {"results": results}
