@@ -86,9 +86,8 @@ def test_every_field_has_description_and_known_stages() -> None:
 def test_stage_fields_split_a_dataset_entry_between_stages() -> None:
     r = parse_recipe("base_model: m\ndatasets: [{path: d.jsonl, field_messages: conv}]\nlora_r: 4")
     assert stage_fields(r, "dataset") == {
-        # `path` says where the bytes are, not what they are: the source enters the key by its content version
         "datasets": [{"split": "train", "data_files": None, "name": None, "ds_type": None}]
-    }
+    }  # no `path`: the source's content version keys it (issue 13), not how its location is spelled
     prepared = stage_fields(r, "prepared")
     assert prepared["datasets"][0]["field_messages"] == "conv" and "path" not in prepared["datasets"][0]
     assert "lora_r" not in prepared and stage_fields(r, "trained")["lora_r"] == 4
