@@ -46,6 +46,7 @@ def project(tmp_path: Path, monkeypatch):
         del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_two_defs_yaml_files_build_two_recipes_and_one_materializes(project: Path) -> None:
     defs = dg.load_from_defs_folder(path_within_project=project)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}

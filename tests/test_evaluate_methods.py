@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_train_rl import recipe_with, write_pairs
 
 from newt.cache import Store
 from newt.pipeline import plan, run_stage
 from newt.synthetic import reversal_rows
+
+pytestmark = pytest.mark.slow  # each test trains the tiny model
 
 STAGES = ("dataset", "prepared", "trained", "merged", "evaluation")
 EVAL = "eval: {models: [base, merged], max_samples: 8, max_new_tokens: 8}\n"
@@ -27,7 +30,6 @@ def test_dpo_raises_preference_accuracy_and_margin(tiny_recipe_file, tmp_path: P
     recipe = recipe_with(tiny_recipe_file, tmp_path, "rl: dpo\nrl_beta: 0.1\nmax_steps: 8\nlearning_rate: 0.005\n"
                          + EVAL, write_pairs(tmp_path / "pairs.jsonl", n=48))
     results = evaluate(recipe, tmp_path / "store")
-    print(results)
     base, merged = results["base"], results["merged"]
     assert set(base) == {"preference_accuracy", "reward_margin", "chosen_logp", "rejected_logp", "pairs"}
     assert base["pairs"] == merged["pairs"] == 8
@@ -51,7 +53,6 @@ def test_kto_raises_preference_accuracy_and_margin(tiny_recipe_file, tmp_path: P
     recipe = recipe_with(tiny_recipe_file, tmp_path, "rl: kto\nrl_beta: 0.1\nmax_steps: 8\nlearning_rate: 0.005\n"
                          + EVAL, write_yes_no(tmp_path / "yes_no.jsonl"))
     results = evaluate(recipe, tmp_path / "store")
-    print(results)
     base, merged = results["base"], results["merged"]
     assert base["reward_margin"] == 0.0 and merged["reward_margin"] > 0
     assert merged["preference_accuracy"] > base["preference_accuracy"]
@@ -71,7 +72,6 @@ def test_grpo_raises_the_recipes_own_reward(tiny_recipe_file, tmp_path: Path) ->
                          f"trl: {{num_generations: 8, max_completion_length: 8, reward_funcs: ['{reward}:ascii_share']}}\n"
                          + EVAL)
     results = evaluate(recipe, tmp_path / "store")
-    print(results)
     base, merged = results["base"], results["merged"]
     assert set(base) == {"reward", "reward_ascii_share", "stopped", "rows"}
     assert merged["reward"] > base["reward"]
