@@ -153,38 +153,48 @@ def test_trained_runs_across_two_ray_nodes_with_world_size_two_through_dagster(r
     assert not (artifact / ".pipes-messages.jsonl").exists()
 
 
-def test_a_killed_worker_process_is_restarted_from_the_last_checkpoint(ray_cluster, tiny_recipe_file,
-                                                                        tmp_path: Path, monkeypatch) -> None:
+def _kill_machine_1_worker_after_checkpoint_2(work: Path, killed: dict) -> threading.Thread:
+    """Start a thread that SIGKILLs machine 1's training process (torch's agent's child) once checkpoint 2 exists."""
     import psutil
 
-    from newt.cache import Store
-    from newt.config import load_recipe
-    from newt.pipeline import plan, run_stage
-
-    monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
-    recipe = load_recipe(tiny_recipe_file(extra="launcher: ray\nnum_machines: 2\nmax_steps: 16\nsave_steps: 2\n"))
-    store = Store(str(tmp_path / "store"))
-    keys = plan(recipe)
-    for stage in ("dataset", "prepared"):
-        run_stage(recipe, stage, store, keys=keys, log=lambda m: None)
-    work = store.workdir("trained", keys["trained"].key)
-    killed: dict = {}
-
-    def kill_machine_1_worker_after_a_checkpoint() -> None:
+    def run() -> None:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and not killed:
             if (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
-                [attempt] = json.loads((work / "launch.json").read_text())["attempts"]
-                launch = psutil.Process(attempt["machines"][1]["launch_pid"])
-                workers = launch.children(recursive=True)  # the training process of machine 1 (torch's agent's child)
+                attempt = json.loads((work / "launch.json").read_text())["attempts"][-1]
+                workers = psutil.Process(attempt["machines"][1]["launch_pid"]).children(recursive=True)
                 if workers:
                     workers[0].kill()
                     killed["pid"] = workers[0].pid
                     return
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_machine_1_worker_after_a_checkpoint, daemon=True)
-    killer.start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepared_ray_recipe(tiny_recipe_file, tmp_path: Path, extra: str):
+    from newt.cache import Store
+    from newt.config import load_recipe
+    from newt.pipeline import plan, run_stage
+
+    recipe = load_recipe(tiny_recipe_file(extra="launcher: ray\nnum_machines: 2\nsave_steps: 2\n" + extra))
+    store = Store(str(tmp_path / "store"))
+    keys = plan(recipe)
+    for stage in ("dataset", "prepared"):
+        run_stage(recipe, stage, store, keys=keys, log=lambda m: None)
+    return recipe, store, keys
+
+
+def test_a_killed_worker_process_is_restarted_from_the_last_checkpoint(ray_cluster, tiny_recipe_file,
+                                                                        tmp_path: Path, monkeypatch) -> None:
+    from newt.pipeline import run_stage
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
+    recipe, store, keys = _prepared_ray_recipe(tiny_recipe_file, tmp_path, "max_steps: 16\n")
+    killed: dict = {}
+    killer = _kill_machine_1_worker_after_checkpoint_2(store.workdir("trained", keys["trained"].key), killed)
     outcome = run_stage(recipe, "trained", store, keys=keys, log=print)
     killer.join(timeout=5)
     assert killed, "the worker was never killed (did training end before checkpoint 2?)"
@@ -195,3 +205,21 @@ def test_a_killed_worker_process_is_restarted_from_the_last_checkpoint(ray_clust
     attempts = json.loads((Path(outcome.uri) / "launch.json").read_text())["attempts"]
     assert len(attempts) == 2 and "failed" in attempts[0] and "failed" not in attempts[1]
     assert {m["node_id"] for m in attempts[1]["machines"]} == ray_cluster["node_ids"]
+
+
+def test_without_restarts_a_killed_worker_fails_the_stage_and_commits_nothing(ray_cluster, tiny_recipe_file,
+                                                                               tmp_path: Path, monkeypatch) -> None:
+    from newt.pipeline import run_stage
+    from newt.train.ray_job import RayLaunchError
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster["address"])
+    recipe, store, keys = _prepared_ray_recipe(tiny_recipe_file, tmp_path, "max_steps: 16\nray_max_restarts: 0\n")
+    work = store.workdir("trained", keys["trained"].key)
+    killed: dict = {}
+    killer = _kill_machine_1_worker_after_checkpoint_2(work, killed)
+    with pytest.raises(RayLaunchError, match=r"failed 1 times \(ray_max_restarts: 0\)"):
+        run_stage(recipe, "trained", store, keys=keys, log=print)
+    killer.join(timeout=5)
+    assert killed and not store.lookup("trained", keys["trained"].key).hit
+    [attempt] = json.loads((work / "launch.json").read_text())["attempts"]
+    assert "failed" in attempt
