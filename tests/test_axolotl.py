@@ -112,8 +112,8 @@ def test_suggestions_only_for_close_spellings() -> None:
     assert close_match("lora_o_kernl", fields) is None
     assert close_match("gradient_checkpointing_kwargs_x", ["gradient_checkpointing"]) is None
     with pytest.raises(RecipeError) as info:
-        parse_recipe(BASE + "num_labels: 1\n")
-    assert info.value.problems[0] == ("num_labels: unknown key; remove it (the allowed keys of <top level> are "
+        parse_recipe(BASE + "lora_o_kernl: 1\n")
+    assert info.value.problems[0] == ("lora_o_kernl: unknown key; remove it (the allowed keys of <top level> are "
                                       "listed below)")
 
 

@@ -234,6 +234,8 @@ KEYS: dict[str, Key] = {
                                       "or `true`: from the last one in its work folder (docs/training.md)"),
     "reward_model": applied("trains a reward model with TRL's RewardTrainer (newt's rl: reward)",
                             lambda v: {"rl": "reward"} if v else {}),
+    "num_labels": refused("newt's sequence classifiers are reward models with one output (reward_model: true / "
+                          "rl: reward); other classification heads are not supported", 1),
     # --- refused: newt cannot honour it -----------------------------------------------------------------------
     "gptq": refused("GPTQ bases are not supported; use a full-precision base with lora or qlora"),
     "float16": refused("fp16 weights without autocast are not supported; write `fp16: true` (mixed precision)"),
