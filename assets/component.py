@@ -57,9 +57,14 @@ class NewtRecipe(dg.Component, dg.Resolvable, dg.Model):
                             name=self.name or folder.name)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        from assets import recipe_assets
-        from jobs import recipe_job, recipe_schedules, recipe_sensors
-        from resources import NewtStore, launcher_from_env
+        if __package__.startswith("newt_dagster."):  # installed from the wheel (pyproject.toml's package-dir)
+            from ..jobs import recipe_job, recipe_schedules, recipe_sensors
+            from ..resources import NewtStore, launcher_from_env
+            from . import recipe_assets
+        else:  # a checkout: top-level packages beside newt/
+            from assets import recipe_assets
+            from jobs import recipe_job, recipe_schedules, recipe_sensors
+            from resources import NewtStore, launcher_from_env
 
         recipe = self.load_recipe(context.path)
         store = _shared(("store", self.store), lambda: NewtStore(root=self.store) if self.store else NewtStore.from_env())
