@@ -51,4 +51,5 @@ bench: install
 	$(PY) bench/demo_time.py
 
 clean:
-	rm -rf .newt .dagster_home data
+	rm -rf .newt .dagster_home
+	find data -mindepth 1 ! -name reversal.jsonl -delete 2>/dev/null || true
