@@ -137,10 +137,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    import numpy as np
-
     from newt.masking import Masker, build_labels, build_labels_batch
-    from newt.masking.scanner import label_flat
 
     convs = load_conversations(args.rows)
     tok = qwen25_tokenizer()
@@ -150,18 +147,12 @@ def main() -> None:
     bs, roles, ignore = masker.boundaries, set(masker.roles_to_train), set(masker.ignore_ids)
     kw = {"roles_to_train": masker.roles_to_train, "ignore_ids": masker.ignore_ids}
 
-    # The same rows in Arrow's list layout (values + offsets), as a `datasets` column hands them over.
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
-    t_flat, flat_labels = best_of(lambda: label_flat(flat, offsets, bs, **kw), args.repeat)
     fns = [
         lambda: build_labels_batch(rows, bs, **kw),
         lambda: [build_labels(r, bs, **kw) for r in rows],
         lambda: [reference_labels(r, bs, roles, ignore) for r in rows],
     ]
     (t_batch, batch), (t_rows, per_row), (t_ref, ref) = race(fns, args.repeat)
-    assert flat_labels.tolist() == [x for r in ref for x in r], "label_flat disagrees with the reference"
     assert batch == ref, "build_labels_batch disagrees with the reference scanner"
     assert per_row == ref, "build_labels disagrees with the reference scanner"
     # The same, with the garbage collector paused while timing (as `timeit` does).
@@ -173,10 +164,6 @@ def main() -> None:
         f"{sum(len(c) for c in convs) / len(convs):.1f} messages/row"
     )
     print(f"render + tokenize (Masker, for scale):     {n_tok / prep / 1e6:8.2f} M tokens/s")
-    print(
-        f"label_flat (Arrow layout, numpy in/out):   {n_tok / t_flat / 1e6:8.2f} M tokens/s  "
-        f"({t_ref / t_flat:.1f}x reference)"
-    )
     goals = []
     for paused, tb, tr, tref in ((False, t_batch, t_rows, t_ref), (True, g_batch, g_rows, g_ref)):
         if paused:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newt.masking import MaskingError, RoleBoundary, build_labels, build_labels_batch
-from newt.masking.scanner import label_flat
+from newt.masking.scanner import Turn, turns
 
 X = -100
 # Markers: 1 opens a user turn, 2 opens an assistant turn, 9 closes both.
@@ -53,6 +53,8 @@ def test_end_marker_may_not_overlap_the_start():
 def test_truncated_turn_trains_content_to_end_of_row_without_end_marker():
     assert build_labels([USER, 5, END, ASSISTANT, 7, 8], B) == [X, X, X, X, 7, 8]
     assert build_labels([USER, 5, END, ASSISTANT, 7, 8], B, train_on_eos="last") == [X, X, X, X, 7, 8]
+    # "last" is the last trainable turn whose end was found: a truncated turn after it does not take it away.
+    assert build_labels([ASSISTANT, 6, END, ASSISTANT, 7], B, train_on_eos="last") == [X, 6, END, X, 7]
 
 
 def test_empty_end_runs_to_end_of_row():
@@ -106,6 +108,12 @@ def test_include_end_false_never_trains_end_and_resumes_at_it():
         X,
         9,
     ]
+    # "last": the last trainable turn whose end was found is the second user turn; its marker is not trained.
+    last = build_labels(row, bs, roles_to_train=["user"], train_on_eos="last")
+    assert last == [X, X, 5, X, X, X, X, 7, X, X, X]
+    # ...and a user turn after the last assistant one takes the assistant's end marker away.
+    last = build_labels([2, 6, 9, 1, 7, 2], bs, roles_to_train=["user", "assistant"], train_on_eos="last")
+    assert last == [X, 6, X, X, 7, X]
 
 
 def test_outside_spans_is_masked_and_undeclared_roles_too():
@@ -166,51 +174,54 @@ def test_rows_do_not_leak_into_each_other():
 # --- property test against a straightforward reference scanner ----------------------------------
 
 
+def reference_turns(ids, boundaries):
+    """The scan written as plainly as possible (independent of the engine).
+
+    One (boundary index, pos, content, end, end_stop) per turn, as `turns` reports them."""
+    n, i, out = len(ids), 0, []
+    while i < n:
+        best = None
+        for k, b in enumerate(boundaries):
+            if list(ids[i : i + len(b.start)]) == list(b.start) and (
+                best is None or len(b.start) > len(boundaries[best].start)
+            ):
+                best = k
+        if best is None:
+            i += 1
+            continue
+        b = boundaries[best]
+        c = i + len(b.start)
+        e, end = n, ()
+        for j in range(c, n):  # the first end marker in the row; the longest of those starting there
+            hits = [seq for seq in b.ends if list(ids[j : j + len(seq)]) == list(seq)]
+            if hits:
+                e, end = j, max(hits, key=len)
+                break
+        out.append((best, i, c, e, e + len(end)))
+        i = n if not end else e if not b.include_end else e + len(end)
+    return out
+
+
 def reference_labels(ids, boundaries, roles, train_on_eos, train_on_inputs, ignore):
-    """The semantics written as plainly as possible (independent of the numpy implementation)."""
+    """Labels from the reference turns, by the rules of docs/masking.md."""
     n = len(ids)
-    trained = [False] * n
-    if train_on_inputs:
-        trained = [True] * n
-    else:
-        i, last = 0, None
-        while i < n:
-            best = None
-            for b in boundaries:
-                if list(ids[i : i + len(b.start)]) == list(b.start) and (
-                    best is None or len(b.start) > len(best.start)
-                ):
-                    best = b
-            if best is None:
-                i += 1
-                continue
-            c = i + len(best.start)
-            e, end = None, ()
-            for j in range(c, n):  # the first end marker in the row; the longest of those starting there
-                hits = [seq for seq in best.ends if list(ids[j : j + len(seq)]) == list(seq)]
-                if hits:
-                    e, end = j, max(hits, key=len)
-                    break
-            stop = e if e is not None else n
-            if best.role in roles:
-                for k in range(i if best.include_start else c, stop):
-                    trained[k] = True
-            if e is not None:
-                marker = range(e, e + len(end))
-                trains_end = best.include_end or best.end_is_stop
-                if best.role in roles and train_on_eos == "last":
-                    last = marker if trains_end else None
-                elif trains_end and (
-                    (best.role in roles and train_on_eos in ("turn", "all")) or train_on_eos == "all"
-                ):
-                    for k in marker:
-                        trained[k] = True
-                i = e if not best.include_end else e + len(end)
-            else:
-                i = n
-        if last is not None:
-            for k in last:
-                trained[k] = True
+    trained = [train_on_inputs] * n
+    last = None
+    for k, pos, c, e, stop in [] if train_on_inputs else reference_turns(ids, boundaries):
+        b = boundaries[k]
+        if b.role in roles:
+            for j in range(pos if b.include_start else c, e):
+                trained[j] = True
+        if stop > e:
+            marker = range(e, stop)
+            trains_end = b.include_end or b.end_is_stop
+            if b.role in roles and train_on_eos == "last":
+                last = marker if trains_end else None
+            elif trains_end and (train_on_eos == "all" or (b.role in roles and train_on_eos == "turn")):
+                for j in marker:
+                    trained[j] = True
+    for j in last or ():
+        trained[j] = True
     return [t if trained[k] and t not in ignore else X for k, t in enumerate(ids)]
 
 
@@ -223,7 +234,7 @@ boundary = st.builds(
     st.booleans(),
     st.booleans(),
 )
-# Boundaries only the numpy scan handles: several end markers, and end markers that are the next turn's stop token.
+# Boundaries with several end markers, and end markers that are the next turn's stop token.
 rich_boundary = st.builds(
     RoleBoundary,
     st.sampled_from(["user", "assistant", "system"]),
@@ -251,12 +262,8 @@ def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
     got = build_labels_batch(
         rows, bs, roles_to_train=roles, train_on_eos=eos, train_on_inputs=on_inputs, ignore_ids=ignore
     )
-    # The Arrow-layout entry gives the same labels.
-    flat = np.array([t for r in rows for t in r], dtype=np.int64)
-    offsets = np.cumsum([0] + [len(r) for r in rows])
-    kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
-    assert label_flat(flat, offsets, bs, **kw).tolist() == [x for r in got for x in r]
     for row, labels in zip(rows, got):
+        assert turns(row, bs) == [Turn(*t) for t in reference_turns(row, bs)]
         assert labels == reference_labels(row, bs, set(roles), eos, on_inputs, ignore)
         assert all(lab == X for lab in labels if lab in ignore) and all(
             lab == X for t, lab in zip(row, labels) if t in ignore
@@ -276,11 +283,10 @@ def test_agrees_with_reference_scanner(rows, bs, eos, on_inputs, ignore, data):
 def test_several_end_markers_and_stop_token_ends_agree_with_reference(rows, bs, eos, on_inputs, ignore, data):
     roles = data.draw(st.lists(st.sampled_from(sorted({b.role for b in bs})), unique=True))
     kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
-    got = build_labels_batch(rows, bs, **kw)
-    flat = np.array([t for r in rows for t in r], dtype=np.int64)
-    offsets = np.cumsum([0] + [len(r) for r in rows])
-    assert label_flat(flat, offsets, bs, **kw).tolist() == [x for r in got for x in r]
-    assert got == [reference_labels(r, bs, set(roles), eos, on_inputs, ignore) for r in rows]
+    expected = [reference_labels(r, bs, set(roles), eos, on_inputs, ignore) for r in rows]
+    assert build_labels_batch(rows, bs, **kw) == expected
+    assert [build_labels(r, bs, **kw) for r in rows] == expected
+    assert [turns(r, bs) for r in rows] == [[Turn(*t) for t in reference_turns(r, bs)] for r in rows]
 
 
 def test_several_end_markers_and_a_stop_token_end():
@@ -298,18 +304,16 @@ def test_several_end_markers_and_a_stop_token_end():
 def test_train_on_inputs_without_boundaries_trains_all_but_pad_and_media():
     # The seed's fallback: no role boundaries at all, and roles_to_train left at its default.
     assert build_labels([1, 2, 0, 7], [], train_on_inputs=True, ignore_ids=[0, 7]) == [1, 2, X, X]
-    assert label_flat(np.array([1, 2, 0]), np.array([0, 3]), [], train_on_inputs=True, ignore_ids=[0]).tolist() == [
-        1, 2, X]
     with pytest.raises(MaskingError, match="known roles: none"):
         build_labels([1, 2], [])
 
 
-# `build_labels` turns each row into a str (one character per id); ids that are not code points
-# (negative, surrogates are fine, > 0x10FFFF) or not plain ints take a fallback path. Same labels.
+# The engine turns each row into a str (one character per id); ids that are not code points
+# (negative, surrogates are fine, > 0x10FFFF) or not plain ints take a fallback path. Same labels, same turns.
 @settings(max_examples=200, deadline=None)
 @given(
     rows=st.lists(st.lists(token, max_size=30), min_size=1, max_size=3),
-    bs=st.lists(boundary, min_size=1, max_size=4),
+    bs=st.lists(st.one_of(boundary, rich_boundary), min_size=1, max_size=4),
     eos=st.sampled_from(["turn", "all", "last", "none"]),
     on_inputs=st.booleans(),
     ignore=st.sets(token, max_size=2),
@@ -322,15 +326,26 @@ def test_ids_outside_code_points_agree_with_reference(
     rows, bs, eos, on_inputs, ignore, shift, noise, kind, data
 ):
     roles = data.draw(st.lists(st.sampled_from(sorted({b.role for b in bs})), unique=True))
+
+    def moved(seq):
+        return [t + shift for t in seq]
+
     bs = [
         RoleBoundary(
-            b.role, [t + shift for t in b.start], [t + shift for t in b.end], b.include_start, b.include_end
+            b.role,
+            moved(b.start),
+            moved(b.end),
+            b.include_start,
+            b.include_end,
+            [moved(e) for e in b.more_ends],
+            b.end_is_stop,
         )
         for b in bs
     ]
-    rows = [[t + shift for t in r] + ([noise] if noise is not None else []) for r in rows]
+    rows = [moved(r) + ([noise] if noise is not None else []) for r in rows]
     ignore = {t + shift for t in ignore}
     kw = {"roles_to_train": roles, "train_on_eos": eos, "train_on_inputs": on_inputs, "ignore_ids": ignore}
     expected = [reference_labels(r, bs, set(roles), eos, on_inputs, ignore) for r in rows]
     assert build_labels_batch([kind(r) for r in rows], bs, **kw) == expected
     assert [build_labels(kind(r), bs, **kw) for r in rows] == expected
+    assert [turns(kind(r), bs) for r in rows] == [[Turn(*t) for t in reference_turns(r, bs)] for r in rows]

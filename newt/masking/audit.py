@@ -12,14 +12,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from newt.masking.boundaries import text_tokenizer
 from newt.masking.masker import Masker
-from newt.masking.scanner import IGNORE_INDEX, scan
+from newt.masking.scanner import IGNORE_INDEX, turns
 
 DEFAULT_MAX_ROWS = 1000
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -71,9 +68,9 @@ def audit(
     roles = set(masker.roles_to_train)
     for r in range(n):
         ids, labs, conv = list(input_ids[r]), list(labels[r]), conversations[r]
-        turns = _turns(ids, masker)
+        row_turns = turns(ids, masker.boundaries)
         covered = 0
-        for t in turns:
+        for t in row_turns:
             role = masker.boundaries[t.boundary].role
             n_sup = sum(1 for k in range(t.pos, t.end_stop) if labs[k] != IGNORE_INDEX)
             per_role[role] += n_sup
@@ -88,7 +85,7 @@ def audit(
                     dropped.append({"row": r, "message": m_index, "role": m.get("role")})
         if masker.train_on_inputs:
             continue  # every token is supervised: there is no per-turn expectation to check
-        problems = _check_row(ids, labs, conv, turns, masker, roles, tok)
+        problems = _check_row(ids, labs, conv, row_turns, masker, roles, tok)
         if problems:
             failures.append({"row": r, "diff": "\n".join(problems)})
     return {
@@ -103,21 +100,6 @@ def audit(
         "dropped_messages": dropped[:50],
         "dropped_message_count": len(dropped),
     }
-
-
-@dataclass(frozen=True)
-class _Turn:
-    boundary: int
-    pos: int
-    content: int
-    end: int
-    end_stop: int
-
-
-def _turns(ids: list[int], masker: Masker) -> list[_Turn]:
-    t = scan(np.asarray(ids, dtype=np.int64), np.array([0, len(ids)]), masker.boundaries)
-    cols = (t.boundary, t.pos, t.content, t.end, t.end_stop)
-    return [_Turn(*vals) for vals in zip(*(c.tolist() for c in cols))]
 
 
 def _check_row(ids, labs, conv, turns, masker: Masker, roles: set[str], tok) -> list[str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 from newt.config import RoleBoundarySpec
 from newt.masking.boundaries import (
     builtin_boundaries,
@@ -27,8 +25,7 @@ from newt.masking.scanner import (
     build_labels_batch,
     check_knobs,
     known_roles,
-    label_flat,
-    scan,
+    turns,
 )
 
 # Llama 3.1/3.2 templates print today's date unless `date_string` is given; a pinned date keeps
@@ -111,37 +108,18 @@ class Masker:
         """Rows whose last turn is closed only by the next turn's stop token (`end_is_stop`, GLM-4) and so runs to
         the end of the row get that stop token appended: the model learns to stop after its last answer too."""
         rows = [list(r) for r in rows]
-        if not any(b.end_is_stop for b in self.boundaries) or not rows:
+        if not any(b.end_is_stop for b in self.boundaries):
             return rows
-        offsets = np.cumsum([0] + [len(r) for r in rows])
-        turns = scan(np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(offsets[-1])),
-                     offsets, self.boundaries)
-        last = {}
-        for row, b, found in zip(turns.row.tolist(), turns.boundary.tolist(), turns.found.tolist()):
-            last[row] = (b, found)
-        for row, (b, found) in last.items():
-            boundary = self.boundaries[b]
-            if boundary.end_is_stop and not found:
-                rows[row].append(boundary.end[0])
+        for row in rows:
+            last = (turns(row, self.boundaries) or [None])[-1]
+            if last is not None and not last.found and self.boundaries[last.boundary].end_is_stop:
+                row.append(self.boundaries[last.boundary].end[0])
         return rows
 
     def label(self, rows: Sequence[Sequence[int]]) -> list[list[int]]:
         """Labels for already-tokenized rows (e.g. after a processor expanded the media tokens)."""
         return build_labels_batch(
             rows,
-            self.boundaries,
-            roles_to_train=self.roles_to_train if self.boundaries else (),
-            train_on_eos=self.train_on_eos,
-            train_on_inputs=self.train_on_inputs,
-            ignore_ids=self.ignore_ids,
-        )
-
-    def label_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Labels for rows in Arrow's list layout (values + offsets): no Python object per token, so
-        a `pyarrow.ListArray.from_arrays(offsets, labels)` column costs no conversion on the way out."""
-        return label_flat(
-            flat,
-            offsets,
             self.boundaries,
             roles_to_train=self.roles_to_train if self.boundaries else (),
             train_on_eos=self.train_on_eos,

@@ -1,11 +1,9 @@
-"""The role-boundary scanner: token ids + declared turn markers -> labels.
+"""The role-boundary scanner: token ids + declared turn markers -> labels, and the turns behind them.
 
-This module decides loss masking for every path (text and multimodal); everything else in
-`newt.masking` only finds the boundaries and checks the result. The scan is sequential by nature
-(a start marker inside a turn's content is content, not a new turn), but only the marker matches
-matter. `label_flat` (and `scan`, which the audit uses) runs in numpy over a whole batch in Arrow's
-list layout; `build_labels` / `build_labels_batch` (Python lists in and out) run one compiled regex
-per row over the row as a str, so Python only visits the trained turns.
+This module decides loss masking for every path (text and multimodal) and finds the turns the mask audit
+checks; everything else in `newt.masking` only finds the boundaries and checks the result. It is one engine:
+each row becomes a str with one character per token, and a regex compiled once per boundary set walks its
+turns with the scan's rules (docs/masking.md "Scanner semantics"), so Python only visits the turns it acts on.
 """
 
 from __future__ import annotations
@@ -114,346 +112,176 @@ def check_knobs(
     return roles
 
 
-def _find(flat: np.ndarray, offsets: np.ndarray, seq: tuple[int, ...], first_hits: dict) -> np.ndarray:
-    """Sorted positions where `seq` occurs inside one row of the flat batch.
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One scanned turn of a row: start marker [pos, content), content [content, end), end marker
+    [end, end_stop) — empty when none was found and the turn runs to the end of the row."""
 
-    Boundaries mostly share their first token (`<|im_start|>`), so its hits are computed once and
-    the remaining tokens are checked only there.
-    """
-    hits = first_hits.get(seq[0])
-    if hits is None:
-        hits = first_hits[seq[0]] = np.flatnonzero(flat == seq[0])
-    p = hits
-    if len(seq) > 1:
-        p = p[p + len(seq) <= flat.shape[0]]
-        for k in range(1, len(seq)):
-            p = p[flat[p + k] == seq[k]]
-        # Drop matches that run across a row end.
-        row = np.searchsorted(offsets, p, side="right") - 1
-        p = p[p + len(seq) <= offsets[row + 1]]
-    return p
+    boundary: int  # index into the boundaries the row was scanned with
+    pos: int
+    content: int
+    end: int
+    end_stop: int
+
+    @property
+    def found(self) -> bool:
+        """Whether the turn's end marker was found (an end marker is never empty)."""
+        return self.end_stop > self.end
 
 
-@dataclass(frozen=True)
-class Turns:
-    """Scanned turns of a flat batch, as parallel arrays in scan order. Start marker is
-    [pos, content), content [content, end), end marker [end, end_stop) (empty when not found)."""
-
-    pos: np.ndarray
-    boundary: np.ndarray
-    content: np.ndarray
-    end: np.ndarray
-    end_stop: np.ndarray
-    found: np.ndarray
-    row: np.ndarray
-
-
-def scan(flat: np.ndarray, offsets: np.ndarray, boundaries: Sequence[RoleBoundary]) -> Turns:
-    """Every turn of every row (row r is flat[offsets[r]:offsets[r+1]]), left to right.
-
-    The scan is sequential by definition, but only where a start marker occurs inside an accepted
-    turn's content: each candidate start's turn (and so where the scan resumes) is computed for all
-    candidates at once, and rows where every candidate is followed by the next one are accepted
-    whole. Only the rare rows with a start marker inside content are walked in Python.
-    """
-    empty = np.empty(0, dtype=np.int64)
-    if not boundaries or flat.shape[0] == 0:
-        return Turns(empty, empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
-    first_hits: dict = {}
-    pos_parts, b_parts = [], []
-    for bi, b in enumerate(boundaries):
-        p = _find(flat, offsets, b.start, first_hits)
-        pos_parts.append(p)
-        b_parts.append(np.full(p.shape[0], bi, dtype=np.int64))
-    pos, bidx = np.concatenate(pos_parts), np.concatenate(b_parts)
-    start_len = np.array([len(b.start) for b in boundaries], dtype=np.int64)
-    # At each position only the winner competes: longest start, then first declared.
-    order = np.lexsort((bidx, -start_len[bidx], pos))
-    pos, bidx = pos[order], bidx[order]
-    keep = np.ones(pos.shape[0], dtype=bool)
-    keep[1:] = pos[1:] != pos[:-1]
-    pos, bidx = pos[keep], bidx[keep]
-
-    row = np.searchsorted(offsets, pos, side="right") - 1
-    row_end = offsets[row + 1]
-    content = pos + start_len[bidx]
-    end, end_stop = row_end.copy(), row_end.copy()
-    found = np.zeros(pos.shape[0], dtype=bool)
-    by_end: dict[tuple[int, ...], list[int]] = {}
-    for bi, b in enumerate(boundaries):
-        for seq in b.ends:
-            by_end.setdefault(seq, []).append(bi)
-    for seq, members in by_end.items():
-        sel = np.flatnonzero(np.isin(bidx, members))
-        if sel.size == 0:
-            continue
-        ends = _find(flat, offsets, seq, first_hits)
-        if ends.size == 0:
-            continue
-        k = np.searchsorted(ends, content[sel], side="left")
-        q = ends[np.minimum(k, ends.shape[0] - 1)]
-        ok = (k < ends.shape[0]) & (q < row_end[sel])  # _find keeps the marker inside its row
-        # Several end markers: the first one in the row wins, the longest where two begin together.
-        ok &= ~found[sel] | (q < end[sel]) | ((q == end[sel]) & (len(seq) > end_stop[sel] - end[sel]))
-        end[sel] = np.where(ok, q, end[sel])
-        end_stop[sel] = np.where(ok, q + len(seq), end_stop[sel])
-        found[sel] |= ok
-    resume_at_end = np.array([not b.include_end for b in boundaries], dtype=bool)[bidx] & found
-    resume = np.where(resume_at_end, end, end_stop)
-    succ = np.searchsorted(pos, resume, side="left")
-    irregular = succ != np.arange(1, pos.shape[0] + 1)
-    if irregular.any():
-        accepted = np.ones(pos.shape[0], dtype=bool)
-        row_first = np.searchsorted(row, np.arange(offsets.shape[0]), side="left")
-        succ_l = succ.tolist()
-        for r in np.unique(row[irregular]).tolist():
-            lo, hi = int(row_first[r]), int(row_first[r + 1])
-            accepted[lo:hi] = False
-            i = lo
-            while i < hi:
-                accepted[i] = True
-                i = succ_l[i]
-        pos, bidx, content, end, end_stop, found, row = (
-            a[accepted] for a in (pos, bidx, content, end, end_stop, found, row)
-        )
-    return Turns(pos, bidx, content, end, end_stop, found, row)
-
-
-def trained_spans(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    boundaries: Sequence[RoleBoundary],
-    roles: Iterable[str],
-    train_on_eos: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted, disjoint [start, stop) flat intervals that are trained (before pad/media masking)."""
-    t = scan(flat, offsets, boundaries)
-    roles = set(roles)
-    trainable = np.array([b.role in roles for b in boundaries], dtype=bool)[t.boundary]
-    inc_start = np.array([b.include_start for b in boundaries], dtype=bool)[t.boundary]
-    inc_end = np.array([b.trains_end for b in boundaries], dtype=bool)[t.boundary]
-    has_end = t.found & inc_end
-    if train_on_eos == "turn":
-        eos = has_end & trainable
-    elif train_on_eos == "all":
-        eos = has_end
-    elif train_on_eos == "last":
-        # Per row, the last trainable turn whose end was found; its marker only if include_end.
-        idx = np.flatnonzero(trainable & t.found)
-        if idx.size:
-            is_last = np.ones(idx.shape[0], dtype=bool)
-            is_last[:-1] = t.row[idx[:-1]] != t.row[idx[1:]]
-            idx = idx[is_last]
-        eos = np.zeros(t.pos.shape[0], dtype=bool)
-        eos[idx] = True
-        eos &= inc_end
-    else:
-        eos = np.zeros(t.pos.shape[0], dtype=bool)
-    # A trainable turn is one interval (its end marker adjoins its content); the end marker of an
-    # untrained turn ("all") is its own interval. Turns are disjoint and in order, so are these.
-    start = np.where(trainable, np.where(inc_start, t.pos, t.content), t.end)
-    stop = np.where(eos, t.end_stop, t.end)
-    sel = (trainable | eos) & (stop > start)
-    return start[sel], stop[sel]
-
-
-def _isin(flat: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """`np.isin` for the handful of pad/media ids: one comparison pass per id is ~3x faster."""
-    if ids.size > 16:
-        return np.isin(flat, ids)
-    hit = np.zeros(flat.shape[0], dtype=bool)
-    for i in ids.tolist():
-        hit |= flat == i
-    return hit
-
-
-def _mask_from_spans(n: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    delta = np.bincount(start, minlength=n + 1)[: n + 1] - np.bincount(stop, minlength=n + 1)[: n + 1]
-    return np.cumsum(delta[:n]) > 0
-
-
-def _spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs):
-    if train_on_inputs:
-        lengths = np.diff(offsets)
-        return offsets[:-1][lengths > 0], offsets[1:][lengths > 0]
-    return trained_spans(flat, offsets, boundaries, roles, train_on_eos)
-
-
-def label_flat(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    boundaries: Sequence[RoleBoundary],
-    *,
-    roles_to_train: Iterable[str] = ("assistant",),
-    train_on_eos: TrainOnEos = "turn",
-    train_on_inputs: bool = False,
-    ignore_ids: Iterable[int] = (),
-) -> np.ndarray:
-    """Labels for a batch in Arrow's list layout (values + offsets, as `datasets` stores token rows):
-    the fastest entry, no Python object per token."""
-    roles = check_knobs(boundaries, roles_to_train, train_on_eos, train_on_inputs)
-    flat = np.asarray(flat, dtype=np.int64)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    keep = _mask_from_spans(
-        flat.shape[0], *_spans(flat, offsets, boundaries, roles, train_on_eos, train_on_inputs)
-    )
-    ignore = np.fromiter({int(i) for i in ignore_ids}, dtype=np.int64)
-    if ignore.size:
-        keep &= ~_isin(flat, ignore)
-    return np.where(keep, flat, IGNORE_INDEX)
-
-
-# --- per-row scanner on Python lists ----------------------------------------------------------------
+# --- the engine -----------------------------------------------------------------------------------------
 #
-# `build_labels` / `build_labels_batch` take and return Python lists, so converting every token to and
-# from numpy would cost more than the scan. Instead each row becomes a str with one character per token
-# (C-speed: list -> array('I') -> UCS-4 array -> str; ids that are not code points fall back to a per-row
-# alphabet of the marker and ignore ids), and one compiled regex (`_compile`) walks the turns with the
-# scanner's exact semantics. Python sees only the labelled turns (up to four per match) and copies each
-# trained span with one slice assignment; pad/media ids are found with a C-speed `in` per id and masked
-# run by run.
+# Callers hand over Python lists, so converting every token to and from numpy would cost more than the scan.
+# Instead each row becomes a str with one character per token (C-speed: list -> array('I') -> UCS-4 array ->
+# str; ids that are not code points fall back to a per-row alphabet of the marker and ignore ids), and one
+# regex, compiled once per boundary set (`_compile`), walks the turns with the scan's exact rules. Turns that
+# label nothing are consumed inside the regex, so Python sees only the turns it must act on: it copies each
+# trained span with one slice assignment, and finds pad/media ids with a C-speed `in` per id, masking them run
+# by run.
 
 
 _IDS_TYPECODE = next((c for c in "IL" if array(c).itemsize == 4), None)
-# An array of UCS-4 characters turns the ids' bytes into a str without a codec: the UTF-32 decoder takes its slow
-# error-handler path at every id in the surrogate range (0xD800-0xDFFF), which 40 % of real Qwen rows contain.
+# An array of UCS-4 characters turns the ids' bytes into a str without a codec: the UTF-32 decoder takes its
+# slow error-handler path at every id in the surrogate range (0xD800-0xDFFF), which 40 % of real Qwen rows
+# contain.
 # "w" is Python 3.13's UCS-4 code; "u" (wchar_t, deprecated in 3.13) is UCS-4 where wchar_t has 4 bytes.
 _UCS4_TYPECODE = "w" if "w" in typecodes else ("u" if array("u").itemsize == 4 else None)
 _decode_utf32 = codecs.utf_32_le_decode if sys.byteorder == "little" else codecs.utf_32_be_decode
 _MAX_CHAR = 0x10FFFF
+_TURNS_PER_MATCH = 4
+_GROUPS = tuple(range(1, _TURNS_PER_MATCH + 1))
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """Everything a labelling call needs that depends only on its arguments (cached per arguments)."""
+class _Compiled:
+    """A boundary set's patterns for one alphabet. `turns` is None for the uniform case, where group k of a
+    match spans the k-th trained turn's trained tokens; otherwise each match is one turn and
+    `turns[m.lastindex]` is (boundary index, content group, end found) — None for the end-of-row group."""
 
-    boundaries: tuple[RoleBoundary, ...]
-    roles: frozenset
-    train_on_eos: str
-    train_on_inputs: bool
-    ignore: tuple[int, ...]
-    direct: tuple | None  # _compile(...) with chr(id) as the alphabet; None: ids can't all be chars
-    # Boundaries the regex walk does not express (several end markers, `end_is_stop`): such rows take the
-    # numpy scan, which has the same semantics (tests/test_masking_scanner.py compares both with a reference).
-    numpy_only: bool = False
-    fallback: list = field(default_factory=list)  # (char, _compile(...)) for other ids, built when first needed
+    regex: re.Pattern | None  # None: no turn labels anything
+    turns: tuple | None
+    ignore: tuple  # (char, regex of its runs) per pad/media id
+    # Per `lastindex` (labelling, one match per turn): (x, shift, y, last) — from group x's start - shift to
+    # group y's end is trained (x 0: nothing); `last` (train_on_eos="last"): the end group that becomes the
+    # row's last trained end marker, -1 where it is the found end of a trainable turn that never trains it.
+    rules: tuple | None = None
 
 
-def _compile(boundaries, roles, train_on_eos: str, ignore, char: dict[int, str]) -> tuple:
-    """(turn regex, (spans, recs), ignore (char, run regex) pairs) for one alphabet (`char`: id -> char).
+def _compile(
+    bs: tuple[RoleBoundary, ...], roles: frozenset | None, train_on_eos: str, ignore, char: dict[int, str]
+) -> _Compiled:
+    """The patterns for one alphabet (`char`: id -> char); `roles` None: every turn is reported (`turns`).
 
-    At a position the winner is the longest start marker that matches there (the first declared
-    among identical ones), so the boundaries are ordered longest first and duplicates dropped.
-    Turns that label something ("yielding": trainable, or with train_on_eos="all" one whose end
-    marker is trained) each end one match. The others are consumed inside the match that follows,
-    by a possessive loop that stops where a yielding boundary wins (a yielding start matches and no
-    longer consumed one does) or at the end of the row, so Python sees only the labelled turns.
-
-    When every yielding turn is trained the same way, a match covers up to _TURNS_PER_MATCH turns
-    and group k spans the k-th turn's trained tokens (spans is None). Otherwise a match is one turn:
-    its `lastindex` says which boundary opened it and whether its end was found, and so which group
-    spans the trained tokens. The last group marks the end of the row.
+    At a position the winner is the longest start marker that matches there (the first declared among
+    identical ones), so the boundaries are ordered longest first and duplicates dropped. A turn's content runs
+    up to the first position where one of its end markers begins; the longest of those that begin there is its
+    end. Turns that label something ("yielding": trainable, or with train_on_eos="all" one whose end marker is
+    trained) each end one match. The others are consumed inside the match that follows, by a possessive loop
+    that stops where a yielding boundary wins (a yielding start matches and no longer consumed one does) or at
+    the end of the row. The last alternative, an empty group at the end of the row, ends the walk.
     """
     ign = tuple((c, re.compile(re.escape(c) + "+")) for c in sorted({char[t] for t in ignore if t in char}))
     order, seen = [], set()
-    for i in sorted(range(len(boundaries)), key=lambda i: (-len(boundaries[i].start), i)):
-        if boundaries[i].start not in seen:  # an identical later start can never win
-            seen.add(boundaries[i].start)
-            order.append(boundaries[i])
+    for i in sorted(range(len(bs)), key=lambda i: (-len(bs[i].start), i)):
+        if bs[i].start not in seen:  # an identical later start can never win
+            seen.add(bs[i].start)
+            order.append(i)
 
     def yields(b: RoleBoundary) -> bool:
-        return b.role in roles or (train_on_eos == "all" and b.include_end and bool(b.end))
+        return roles is None or b.role in roles or (train_on_eos == "all" and b.trains_end and bool(b.end))
 
-    ys = [b for b in order if yields(b)]
+    ys, us = [i for i in order if yields(bs[i])], [bs[i] for i in order if not yields(bs[i])]
     if not ys:
-        return None, ([0], None), ign
-    us = [b for b in order if not yields(b)]
+        return _Compiled(None, None, ign)
 
     def text(seq: tuple[int, ...]) -> str:
         return re.escape("".join(char[t] for t in seq))
 
+    def ends(b: RoleBoundary) -> str:  # longest first: of two that begin at one token, the longest is the end
+        return "(?:" + "|".join(text(e) for e in sorted(set(b.ends), key=len, reverse=True)) + ")"
+
     def body(b: RoleBoundary) -> str:  # the content: up to the first end marker, or the row's end
         if not b.end:
             return r"[\s\S]*+"
-        e0 = re.escape(char[b.end[0]])
-        if len(b.end) == 1:
-            return f"[^{e0}]*+"
-        return f"(?:[^{e0}]++|{e0}(?!{text(b.end[1:])}))*+"
+        heads = re.escape("".join(sorted({char[e[0]] for e in b.ends})))
+        if all(len(e) == 1 for e in b.ends):
+            return f"[^{heads}]*+"
+        return f"(?:[^{heads}]++|(?!{ends(b)})[{heads}])*+"
 
-    consumed = [
-        text(b.start) + body(b) + (f"(?:{text(b.end)})?" if b.end and b.include_end else "") for b in us
-    ]
-    firsts = re.escape("".join(sorted({char[b.start[0]] for b in order})))
-    # A yielding start wins where it matches unless a longer consumed start matches there too, which
-    # then begins with it.
+    consumed = [text(b.start) + body(b) + (f"{ends(b)}?" if b.end and b.include_end else "") for b in us]
+    firsts = re.escape("".join(sorted({char[bs[i].start[0]] for i in order})))
+    # A yielding start wins where it matches unless a longer consumed start matches there too, which then
+    # begins with it.
     wins = "|".join(
         text(y.start)
         + "".join(f"(?!{text(u.start[len(y.start) :])})" for u in us if u.start[: len(y.start)] == y.start)
-        for y in ys
+        for y in (bs[i] for i in ys)
     )
-    # Tokens that cannot open a turn are skipped in one step; elsewhere, unless a yielding start wins,
-    # a consumed turn or a single token.
+    # Tokens that cannot open a turn are skipped in one step; elsewhere, unless a yielding start wins, a
+    # consumed turn or a single token.
     loop = f"(?:[^{firsts}]++|(?!{wins})(?:" + "".join(f"{c}|" for c in consumed) + f"[{firsts}]))*+"
-    shapes = {(b.role in roles, b.include_start, b.end, b.include_end) for b in ys}
-    if train_on_eos != "last" and len(shapes) == 1 and next(iter(shapes))[0]:
-        # Every yielding turn is trained the same way (the usual case): the starts are one
-        # alternation, each turn's trained tokens are one group, and a match covers up to
-        # _TURNS_PER_MATCH turns (groups 1..), which saves Python work per turn.
-        b = ys[0]
-        starts = "(?:" + "|".join(text(y.start) for y in ys) + ")"
+    b = bs[ys[0]]
+    shapes = {(bs[i].role in (roles or ()), bs[i].include_start, bs[i].ends, bs[i].include_end) for i in ys}
+    # An end marker that is trained but not consumed (`end_is_stop`: the scan resumes at it) cannot share one
+    # group with its content, so such turns take the one-turn-per-match form.
+    stop_trained = train_on_eos in ("turn", "all") and any(
+        bs[i].end_is_stop and not bs[i].include_end and bs[i].end for i in ys
+    )
+    uniform = roles is not None and len(shapes) == 1 and b.role in roles
+    if uniform and train_on_eos != "last" and not stop_trained:
+        # Every yielding turn is trained the same way (the usual case): the starts are one alternation, each
+        # turn's trained tokens are one group, and a match covers up to _TURNS_PER_MATCH turns (groups 1..).
+        starts = "(?:" + "|".join(text(bs[i].start) for i in ys) + ")"
         c = body(b)
         if b.end and b.include_end and train_on_eos in ("turn", "all"):
-            c += f"(?:{text(b.end)})?"
-            turn = f"({starts}{c})" if b.include_start else f"{starts}({c})"
-        else:  # the end marker, if consumed at all, is not trained
-            turn = f"({starts}{c})" if b.include_start else f"{starts}({c})"
-            if b.end and b.include_end:
-                turn += f"(?:{text(b.end)})?"
-            # include_end=False: the match (or the next turn's loop) resumes at the end marker
+            c += f"{ends(b)}?"
+        turn = f"({starts}{c})" if b.include_start else f"{starts}({c})"
+        if b.end and b.include_end and train_on_eos not in ("turn", "all"):
+            turn += f"{ends(b)}?"  # consumed, not trained
+        # include_end=False: the match (or the next turn's loop) resumes at the end marker
         nested = ""
         for _ in range(_TURNS_PER_MATCH - 1):
             nested = f"(?:{loop}{turn}{nested})?"
-        return re.compile(f"{loop}(?:{turn}{nested}|()\\Z)"), (None, None), ign
-
-    # Groups per yielding turn: T spans exactly its trained tokens (start marker if include_start,
-    # content, and the end marker where train_on_eos trains it), E is its end marker. `spans` maps a
-    # match's `lastindex` to the group to copy (0: none); `recs` (train_on_eos="last") to 1 where it is
-    # the found end marker of a trainable turn, 2 where that marker is never trained (include_end=False).
-    alts, spans, recs = [], [0], [0]
-
-    def group(pattern: str, span: int, rec: int = 0) -> str:
-        spans.append(span)
-        recs.append(rec)
-        return f"({pattern})"
-
-    last = train_on_eos == "last"
-    for b in ys:
-        s, c = text(b.start), body(b)
-        if b.role not in roles:  # train_on_eos="all", include_end: the end marker alone
-            t = len(spans)
-            alts.append(s + group("", 0) + c + group(text(b.end), t + 1) + "?")
-            continue
-        t = len(spans)
-        if not b.end:
-            alts.append(group(s + c, t) if b.include_start else s + group(c, t))
-        elif b.include_end and train_on_eos in ("turn", "all"):
-            inner = c + f"({text(b.end)})?"  # closes before T, so `lastindex` is always T
-            alts.append(group(s + inner, t) if b.include_start else s + group(inner, t))
-            spans.append(0)
-            recs.append(0)
-        else:
-            head = group(s + c, t) if b.include_start else s + group(c, t)
-            if b.include_end:  # "none", "last": content only; "last" adds the row's last marker
-                alts.append(head + group(text(b.end), t, 1 if last else 0) + "?")
-            else:  # the match stops at the end marker, where the next search resumes
-                alts.append(head + "(?:(?=" + group(text(b.end), t, 2 if last else 0) + "))?")
-    spans.append(0)
-    recs.append(0)
-    return re.compile(loop + "(?:" + "|".join(alts) + r"|()\Z)"), (spans, recs if last else None), ign
+        return _Compiled(re.compile(f"{loop}(?:{turn}{nested}|()\\Z)"), None, ign)
+    # One match per yielding turn: its content group, then its end marker's group (consumed, or with
+    # include_end=False only looked at, so the next match resumes at it). `lastindex` is the end group where
+    # the end was found, else the content group, and so says which boundary opened the turn and whether it
+    # ended.
+    alts, turns, rules = [], [None], [None]
+    for i in ys:
+        y = bs[i]
+        g = len(turns)  # the content group; the end marker's group is g + 1
+        end = "" if not y.end else f"({ends(y)})?" if y.include_end else f"(?:(?=({ends(y)})))?"
+        alts.append(f"{text(y.start)}({body(y)}){end}")
+        trained = roles is not None and y.role in roles
+        shift = len(y.start) if y.include_start else 0
+        eos = y.trains_end and (train_on_eos == "all" or (trained and train_on_eos == "turn"))
+        last = (g + 1 if y.trains_end else -1) if trained and train_on_eos == "last" else 0
+        for found in (False, True) if y.end else (False,):
+            turns.append((i, g, found))
+            if trained:
+                rules.append((g, shift, g + 1 if found and eos else g, last if found else 0))
+            else:
+                rules.append((g + 1, 0, g + 1, 0) if found and eos else (0, 0, 0, 0))
+    turns.append(None)
+    rules.append(None)
+    return _Compiled(re.compile(loop + "(?:" + "|".join(alts) + r"|()\Z)"), tuple(turns), ign, tuple(rules))
 
 
-_TURNS_PER_MATCH = 4
-_GROUPS = tuple(range(1, _TURNS_PER_MATCH + 1))
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything a call needs that depends only on its arguments (cached per arguments). `roles` None: a
+    plan that reports every turn (`turns`) instead of labelling."""
+
+    boundaries: tuple[RoleBoundary, ...]
+    roles: frozenset | None
+    train_on_eos: str
+    train_on_inputs: bool
+    ignore: tuple[int, ...]
+    direct: _Compiled | None  # chr(id) as the alphabet; None: the ids can't all be chars
+    fallback: list = field(default_factory=list)  # (char, _Compiled) for other ids, built when first needed
+
+
 _PLANS: dict = {}
 _LAST: list = [None]  # the last call's arguments and plan: one row per call repeats them
 _IMMUTABLE = (tuple, str, frozenset)
@@ -471,7 +299,10 @@ def _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
         and last[0] == bs
     ):
         return last[5]
-    roles_key = (roles_to_train,) if isinstance(roles_to_train, str) else tuple(roles_to_train)
+    if roles_to_train is None or isinstance(roles_to_train, str):
+        roles_key = roles_to_train if roles_to_train is None else (roles_to_train,)
+    else:
+        roles_key = tuple(roles_to_train)
     ignore = tuple(ignore_ids)
     key = (bs, roles_key, train_on_eos, bool(train_on_inputs), ignore)  # boundaries hash by value
     try:
@@ -486,32 +317,35 @@ def _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
 
 
 def _new_plan(bs, roles_key, train_on_eos, train_on_inputs, ignore, key) -> _Plan:
-    roles = frozenset(check_knobs(bs, roles_key, train_on_eos, train_on_inputs))
+    roles = None
+    if roles_key is not None:  # a labelling plan: check its knobs once
+        roles = frozenset(check_knobs(bs, roles_key, train_on_eos, train_on_inputs))
     ignore_set = {int(i) for i in ignore}
-    tokens = {t for b in bs for t in b.start + b.end}
-    numpy_only = any(b.more_ends or b.end_is_stop for b in bs)
+    tokens = {t for b in bs for seq in (b.start, *b.ends) for t in seq}
     direct = None
-    if not numpy_only and _IDS_TYPECODE is not None and all(0 <= t <= _MAX_CHAR for t in tokens):
+    if _IDS_TYPECODE is not None and all(0 <= t <= _MAX_CHAR for t in tokens):
         char = {t: chr(t) for t in tokens | {i for i in ignore_set if 0 <= i <= _MAX_CHAR}}
         direct = _compile(bs, roles, train_on_eos, ignore_set, char)
-    plan = _Plan(bs, roles, train_on_eos, bool(train_on_inputs), tuple(sorted(ignore_set)), direct, numpy_only)
+    plan = _Plan(bs, roles, train_on_eos, bool(train_on_inputs), tuple(sorted(ignore_set)), direct)
     if len(_PLANS) >= 256:
         _PLANS.clear()
     _PLANS[key] = plan
     return plan
 
 
-def _remapped(plan: _Plan) -> tuple[dict, tuple]:
+def _remapped(plan: _Plan) -> tuple[dict, _Compiled]:
     """The fallback alphabet for rows whose ids are not all code points (negative, > 0x10FFFF, or
     not ints): every marker and ignore id gets its own character, every other token '\\0'."""
     if not plan.fallback:
-        tokens = sorted({t for b in plan.boundaries for t in b.start + b.end} | set(plan.ignore))
+        tokens = {t for b in plan.boundaries for seq in (b.start, *b.ends) for t in seq}
+        tokens = sorted(tokens | set(plan.ignore))
         char = {t: chr(i + 1) for i, t in enumerate(tokens)}
-        plan.fallback.append((char, _compile(plan.boundaries, plan.roles, plan.train_on_eos, plan.ignore, char)))
+        compiled = _compile(plan.boundaries, plan.roles, plan.train_on_eos, plan.ignore, char)
+        plan.fallback.append((char, compiled))
     return plan.fallback[0]
 
 
-def _row_text(ids: list, plan: _Plan) -> tuple[str, tuple]:
+def _row_text(ids: list, plan: _Plan) -> tuple[str, _Compiled]:
     """The row as one character per token, and the compiled patterns for that alphabet."""
     if plan.direct is not None:
         try:
@@ -529,54 +363,73 @@ def _row_text(ids: list, plan: _Plan) -> tuple[str, tuple]:
     return "".join([get(t, "\0") for t in ids]), compiled
 
 
+def _walk(s: str, compiled: _Compiled, bs: tuple[RoleBoundary, ...]):
+    """(boundary index, pos, content, end, end_stop) of each turn the one-turn-per-match regex reports."""
+    for m in compiled.regex.finditer(s):
+        t = compiled.turns[m.lastindex]
+        if t is None:  # the end of the row
+            return
+        i, g, found = t
+        c, e = m.span(g)
+        x, y = m.span(g + 1) if found else (e, e)
+        yield i, c - len(bs[i].start), c, x, y
+
+
 def _label_row(ids: list, plan: _Plan) -> list[int]:
     n = len(ids)
     if not n:
         return []
     if plan.train_on_inputs and not plan.ignore:
         return ids[:]
-    if plan.numpy_only:
-        return label_flat(np.asarray(ids, dtype=np.int64), np.array([0, n]), plan.boundaries,
-                          roles_to_train=tuple(plan.roles), train_on_eos=plan.train_on_eos,
-                          train_on_inputs=plan.train_on_inputs, ignore_ids=plan.ignore).tolist()
-    s, (turn_re, (spans, recs), ignore) = _row_text(ids, plan)
+    s, compiled = _row_text(ids, plan)
     if plan.train_on_inputs:
         labels = ids[:]
     else:
         labels = [IGNORE_INDEX] * n
-        if turn_re is None:  # no boundary labels anything
+        if compiled.regex is None:  # no boundary labels anything
             pass
-        elif spans is None:  # up to _TURNS_PER_MATCH trained turns per match, in groups 1, 2, ...
-            for m in turn_re.finditer(s):
+        elif compiled.turns is None:  # up to _TURNS_PER_MATCH trained turns per match, in groups 1, 2, ...
+            for m in compiled.regex.finditer(s):
                 for g in _GROUPS:
                     x, y = m.span(g)
                     if x < 0:
                         break
                     labels[x:y] = ids[x:y]
-        elif recs is None:
-            for m in turn_re.finditer(s):
-                g = spans[m.lastindex]
-                if g:
-                    x, y = m.span(g)
+        else:  # one match per turn that labels something
+            rules, last = compiled.rules, None
+            for m in compiled.regex.finditer(s):
+                rule = rules[m.lastindex]
+                if rule is None:  # the end of the row
+                    break
+                x, shift, y, rec = rule
+                if x:
+                    x, y = m.start(x) - shift, m.end(y)
                     labels[x:y] = ids[x:y]
-        else:  # train_on_eos="last": also the end marker of the row's last trained turn
-            last = None
-            for m in turn_re.finditer(s):
-                li = m.lastindex
-                g = spans[li]
-                if g:
-                    x, y = m.span(g)
-                    labels[x:y] = ids[x:y]
-                if recs[li]:
-                    last = m.span(li) if recs[li] == 1 else None
+                if rec:
+                    last = m.span(rec) if rec > 0 else None
             if last is not None:
                 labels[last[0] : last[1]] = ids[last[0] : last[1]]
-    for c, runs in ignore:  # pad and media ids: a C-speed membership test per id, then only its runs
+    for c, runs in compiled.ignore:  # pad and media ids: a C-speed membership test per id, then only its runs
         if c in s:
             for m in runs.finditer(s):
                 x, y = m.span()
                 labels[x:y] = [IGNORE_INDEX] * (y - x)
     return labels
+
+
+def _as_list(ids: Sequence[int]) -> list:
+    return ids if isinstance(ids, list) else np.asarray(ids).reshape(-1).tolist()
+
+
+def turns(input_ids: Sequence[int], boundaries: Sequence[RoleBoundary]) -> list[Turn]:
+    """Every turn of one row, left to right, by the same scan that labels it (the audit pairs them with the
+    messages; `Masker.close_rows` looks at the last)."""
+    ids = _as_list(input_ids)
+    if not ids or not boundaries:
+        return []
+    plan = _plan(boundaries, None, "turn", False, ())
+    s, compiled = _row_text(ids, plan)
+    return [Turn(*t) for t in _walk(s, compiled, plan.boundaries)]
 
 
 def build_labels_batch(
@@ -588,9 +441,9 @@ def build_labels_batch(
     train_on_inputs: bool = False,
     ignore_ids: Iterable[int] = (),
 ) -> list[list[int]]:
-    """`build_labels` for many rows (what `Masker` uses); the same labels as `label_flat`."""
+    """`build_labels` for many rows (what `Masker` uses)."""
     plan = _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
-    return [_label_row(r if isinstance(r, list) else np.asarray(r).reshape(-1).tolist(), plan) for r in rows]
+    return [_label_row(r if isinstance(r, list) else _as_list(r), plan) for r in rows]
 
 
 def build_labels(
@@ -604,6 +457,4 @@ def build_labels(
 ) -> list[int]:
     """Labels for one row: the id where trained, -100 elsewhere (see docs/masking.md for the rules)."""
     plan = _plan(boundaries, roles_to_train, train_on_eos, train_on_inputs, ignore_ids)
-    if not isinstance(input_ids, list):
-        input_ids = np.asarray(input_ids).reshape(-1).tolist()
-    return _label_row(input_ids, plan)
+    return _label_row(_as_list(input_ids), plan)
