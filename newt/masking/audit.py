@@ -16,7 +16,7 @@ from typing import Any
 
 from newt.masking.boundaries import text_tokenizer
 from newt.masking.masker import Masker
-from newt.masking.scanner import IGNORE_INDEX, turns
+from newt.masking.scanner import IGNORE_INDEX, Turn, turns
 
 DEFAULT_MAX_ROWS = 1000
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
@@ -102,10 +102,10 @@ def audit(
     }
 
 
-def _check_row(ids, labs, conv, turns, masker: Masker, roles: set[str], tok) -> list[str]:
+def _check_row(ids, labs, conv, row_turns: list[Turn], masker: Masker, roles: set[str], tok) -> list[str]:
     problems = []
     expected = [(i, m) for i, m in enumerate(conv) if m.get("role") in roles]
-    found = [t for t in turns if masker.boundaries[t.boundary].role in roles]
+    found = [t for t in row_turns if masker.boundaries[t.boundary].role in roles]
     if len(expected) != len(found):
         problems.append(
             f"{len(expected)} trainable messages ({', '.join(sorted(roles))}) but {len(found)} trainable turns "

@@ -363,18 +363,6 @@ def _row_text(ids: list, plan: _Plan) -> tuple[str, _Compiled]:
     return "".join([get(t, "\0") for t in ids]), compiled
 
 
-def _walk(s: str, compiled: _Compiled, bs: tuple[RoleBoundary, ...]):
-    """(boundary index, pos, content, end, end_stop) of each turn the one-turn-per-match regex reports."""
-    for m in compiled.regex.finditer(s):
-        t = compiled.turns[m.lastindex]
-        if t is None:  # the end of the row
-            return
-        i, g, found = t
-        c, e = m.span(g)
-        x, y = m.span(g + 1) if found else (e, e)
-        yield i, c - len(bs[i].start), c, x, y
-
-
 def _label_row(ids: list, plan: _Plan) -> list[int]:
     n = len(ids)
     if not n:
@@ -429,7 +417,16 @@ def turns(input_ids: Sequence[int], boundaries: Sequence[RoleBoundary]) -> list[
         return []
     plan = _plan(boundaries, None, "turn", False, ())
     s, compiled = _row_text(ids, plan)
-    return [Turn(*t) for t in _walk(s, compiled, plan.boundaries)]
+    out = []
+    for m in compiled.regex.finditer(s):
+        t = compiled.turns[m.lastindex]
+        if t is None:  # the end of the row
+            break
+        i, g, found = t
+        c, e = m.span(g)
+        x, y = m.span(g + 1) if found else (e, e)
+        out.append(Turn(i, c - len(plan.boundaries[i].start), c, x, y))
+    return out
 
 
 def build_labels_batch(
