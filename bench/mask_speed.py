@@ -6,7 +6,7 @@ one turn, the first sender is the user. Tokenizer: the real Qwen2.5 tokenizer sh
 labels must equal the reference's; the goal (issue: >= 25 M tokens/s and >= 10x the reference) is
 checked for the list entry points `build_labels` (one call per row) and `build_labels_batch`.
 
-    .venv/bin/python bench/mask_speed.py [--rows 2000] [--repeat 5]
+    .venv/bin/python bench/mask_speed.py [--rows 2000] [--repeat 5] [--knobs]
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--knobs", action="store_true", help="also time other knob settings and boundary kinds")
     args = ap.parse_args()
 
     from newt.masking import Masker, build_labels, build_labels_batch
@@ -185,6 +186,35 @@ def main() -> None:
         f"goal (>= {GOAL_TOKENS_PER_S / 1e6:.0f} M tokens/s and >= {GOAL_SPEEDUP:.0f}x reference): "
         + "; ".join(goals)
     )
+    if args.knobs:
+        knobs(rows, masker, ref, args.repeat)
+
+
+def knobs(rows, masker, ref, repeat: int) -> None:
+    """`build_labels_batch` with the settings the one-turn-per-match form of the regex serves, and with the
+    boundary kinds Llama 3.1 (a second end marker) and GLM-4 (the next turn's opening marker ends the turn, a stop
+    token) need, here built from the Qwen markers."""
+    from newt.masking import RoleBoundary, build_labels_batch
+
+    n_tok = sum(map(len, rows))
+    bs, im_start = masker.boundaries, masker.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    # <|im_start|> never occurs inside a ChatML turn, so a second end marker changes no label here.
+    more = [RoleBoundary(b.role, b.start, b.end, b.include_start, b.include_end, ((im_start,),)) for b in bs]
+    glm = [RoleBoundary(b.role, b.start, (im_start,), include_end=False, end_is_stop=True) for b in bs]
+    cases = [
+        ("train_on_eos=all", bs, {"train_on_eos": "all"}),
+        ("train_on_eos=last", bs, {"train_on_eos": "last"}),
+        ("roles user+assistant", bs, {"roles_to_train": ("user", "assistant")}),
+        ("more_ends (labels as turn)", more, {}),
+        ("end_is_stop (GLM-style)", glm, {}),
+    ]
+    print("other settings (build_labels_batch, collector on):")
+    for name, b, kw in cases:
+        kw = {"roles_to_train": masker.roles_to_train, "ignore_ids": masker.ignore_ids, **kw}
+        t, out = best_of(lambda: build_labels_batch(rows, b, **kw), repeat)
+        if b is more:
+            assert out == ref, "a second end marker that never occurs changed the labels"
+        print(f"{name:28s} {n_tok / t / 1e6:8.2f} M tokens/s")
 
 
 if __name__ == "__main__":
