@@ -36,7 +36,7 @@ def build(out: Path) -> None:
     from transformers import (
         Glm4vConfig,
         Glm4vForConditionalGeneration,
-        Glm4vImageProcessorPil,
+        Glm4vImageProcessor,
         Glm4vProcessor,
         Glm4vVideoProcessor,
     )
@@ -49,7 +49,7 @@ def build(out: Path) -> None:
     tok = building.tokenizer(added, template, eos=config_json["eos_token"], pad=config_json["pad_token"],
                              extra={"image_token": "<|image|>", "video_token": "<|video|>"})
     size = {"shortest_edge": PIXELS, "longest_edge": PIXELS}
-    processor = Glm4vProcessor(image_processor=Glm4vImageProcessorPil(size=size, patch_size=14, merge_size=2),
+    processor = Glm4vProcessor(image_processor=Glm4vImageProcessor(size=size, patch_size=14, merge_size=2),
                                video_processor=Glm4vVideoProcessor(size=size, patch_size=14, merge_size=2),
                                tokenizer=tok, chat_template=template)
     # GLM-4.1V rotates half of each head (partial_rotary_factor 0.5): 8 of 16 dims, 4 frequencies split t/h/w.

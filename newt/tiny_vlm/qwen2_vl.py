@@ -37,11 +37,12 @@ def token_ids(tok) -> dict[str, int]:
 
 
 def processor_parts():
-    """(image processor, video processor) of 14-pixel patches merged 2×2, both resizing to PIXELS."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor
+    """(image processor, video processor) of 14-pixel patches merged 2×2, both resizing to PIXELS. The torchvision
+    classes, which `AutoProcessor` loads wherever torchvision imports (and the video processor needs it anyway)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     size = {"shortest_edge": PIXELS, "longest_edge": PIXELS}
-    return (Qwen2VLImageProcessorPil(size=size, patch_size=14, merge_size=2),
+    return (Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2),
             Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2))
 
 

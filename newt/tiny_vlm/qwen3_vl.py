@@ -19,7 +19,7 @@ TOKENS = [*qwen2_5_vl.TOKENS, "<tool_response>", "</tool_response>", "<think>", 
 
 def build(out: Path) -> None:
     from transformers import (
-        Qwen2VLImageProcessorPil,
+        Qwen2VLImageProcessor,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
         Qwen3VLProcessor,
@@ -31,7 +31,7 @@ def build(out: Path) -> None:
     # Qwen3-VL's preprocessor_config.json: Qwen2-VL's image processor with 16-pixel patches, mean = std = 0.5.
     size = {"shortest_edge": IMAGE_SIZE**2, "longest_edge": IMAGE_SIZE**2}
     norm = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
-    images = Qwen2VLImageProcessorPil(size=size, patch_size=16, merge_size=2, **norm)
+    images = Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, **norm)
     videos = Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2, **norm)
     processor = Qwen3VLProcessor(image_processor=images, tokenizer=tok, video_processor=videos,
                                  chat_template=template)
