@@ -72,7 +72,9 @@ def glm(tmp_path_factory):
 
 def test_glm_trains_the_next_user_marker_after_each_assistant_turn(glm):
     user = glm.convert_tokens_to_ids("<|user|>")
-    hello, sure = F.ids(glm, "Hello there"), F.ids(glm, "Sure thing")
+    # Trained from right after <|assistant|>: the template's empty think block is part of what the model generates
+    # (its generation prompt is <|assistant|> alone), as in GLM's own fine-tuning.
+    hello, sure = F.ids(glm, "\n<think></think>\nHello there"), F.ids(glm, "\n<think></think>\nSure thing")
     assert {b.end_is_stop for b in Masker(glm).boundaries if b.role == "assistant"} == {True}
     out = Masker(glm)([CONV])
     ids, labels = out["input_ids"][0], out["labels"][0]

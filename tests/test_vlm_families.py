@@ -8,7 +8,7 @@ parameters, a merged folder that reloads with the family's auto class, a quantiz
 in full precision, and an answer generated for each held-out row by every evaluated variant.
 
 Families not here (see docs/masking.md, "Vision-language families"): their transformers 5.24 processors need
-torchvision (Qwen2-VL/2.5-VL/3-VL, GLM-4V, InternVL, SmolVLM2 and Gemma 4 through their video processors; Pixtral,
+torchvision (InternVL, SmolVLM2 and Gemma 4 through their video processors; Pixtral,
 Mistral 3, Llama 4 and LFM2-VL through their image processors), which this environment cannot import.
 """
 
@@ -40,6 +40,12 @@ class Family:
     image_size: int
     model_class: str
     towers: tuple[str, ...]  # the modules quantization keeps in full precision
+    # How many turns before each answer have an end marker that `train_on_eos: all` trains (a default system turn
+    # adds one; GLM's user turns are closed by `<|assistant|>`, which is no stop token, so they have none).
+    input_ends: tuple[int, int] = (1, 1)
+    # What the template writes before each answer inside the assistant turn, trained with it (GLM's empty
+    # `<think></think>` block: the generation prompt is `<|assistant|>` alone, so the model writes it).
+    answer_prefix: str = ""
 
 
 FAMILIES = {
@@ -54,6 +60,17 @@ FAMILIES = {
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
                               "MllamaForConditionalGeneration",
                               ("model.multi_modal_projector", "model.vision_model")),
+    # Qwen2-VL/2.5-VL render a default system turn; GLM-4V's assistant turns end at the next `<|user|>` (a stop token).
+    "qwen2_vl": Family("builtin:tiny-qwen2_vl", "<|im_end|>", ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+                       56, "Qwen2VLForConditionalGeneration", ("model.visual",), input_ends=(2, 1)),
+    "qwen2_5_vl": Family("builtin:tiny-qwen2_5_vl", "<|im_end|>",
+                         ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"), 56,
+                         "Qwen2_5_VLForConditionalGeneration", ("model.visual",), input_ends=(2, 1)),
+    "qwen3_vl": Family("builtin:tiny-qwen3_vl", "<|im_end|>", ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+                       64, "Qwen3VLForConditionalGeneration", ("model.visual",)),
+    "glm4v": Family("builtin:tiny-glm4v", "<|user|>", ("<|begin_of_image|>", "<|image|>", "<|end_of_image|>"), 56,
+                    "Glm4vForConditionalGeneration", ("model.visual",), input_ends=(0, 0),
+                    answer_prefix="\n<think></think>\n"),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -97,11 +114,12 @@ def runs(labels: list[int]) -> list[list[int]]:
 
 def expected_runs(tok, family: Family, train_on_eos: str) -> list[list[int]]:
     """The supervised spans of the two-turn row: each answer, with the end marker as `train_on_eos` says."""
-    red, yes = tok.encode("red", add_special_tokens=False), tok.encode("yes", add_special_tokens=False)
+    red, yes = (tok.encode(family.answer_prefix + a, add_special_tokens=False) for a in ("red", "yes"))
     end = [tok.convert_tokens_to_ids(family.end)]
+    before_red, before_yes = ([end] * n for n in family.input_ends)
     return {"turn": [red + end, yes + end], "none": [red, yes], "last": [red, yes + end],
-            # "all" also trains the user turns' end markers
-            "all": [end, red + end, end, yes + end]}[train_on_eos]
+            # "all" also trains the other turns' end markers
+            "all": [*before_red, red + end, *before_yes, yes + end]}[train_on_eos]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
@@ -120,6 +138,37 @@ def test_labels_of_a_two_turn_row_with_an_image(family: str, processors) -> None
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert labels == [X if t in media else t for t in ids]
     assert ids.count(tok.convert_tokens_to_ids(spec.media[-1])) >= 1 and tok.pad_token_id not in ids
+
+
+def test_glm4v_trains_tool_calls_and_reasoning_and_masks_tool_results(processors) -> None:
+    """GLM-4V's real template (GLM-4.6V-Flash's): a turn that calls a tool ends at `<|observation|>`, one of the
+    model's stop tokens, trained as its end; the tool's result is never trained; an answer with reasoning is trained
+    from right after `<|assistant|>`, its think block included; the row's last answer gets `<|user|>` appended."""
+    proc = processors("glm4v")
+    tok = proc.tokenizer
+    conv = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Weather here?"}]},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "sun"},
+            {"role": "assistant", "content": "<think>The tool says sun.</think>Sunny."}]
+    image = [[square(COLOURS["red"], FAMILIES["glm4v"].image_size)]]
+
+    def trained(**knobs) -> list[list[int]]:
+        out = process_and_mask(proc, [conv], Masker(proc, **knobs), images=image)
+        return runs(out["labels"][0])
+
+    def enc(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False)
+
+    observation, user = (tok.convert_tokens_to_ids(t) for t in ("<|observation|>", "<|user|>"))
+    call = enc("\n<think></think>\n<tool_call>weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+               "</tool_call>")
+    answer = enc("\n<think>The tool says sun.</think>\nSunny.")
+    assert trained() == [call + [observation], answer + [user]] == trained(train_on_eos="all")
+    assert trained(train_on_eos="last") == [call, answer + [user]]
+    assert trained(roles_to_train=["tool"]) == [enc("\n<tool_response>\nsun\n</tool_response>\n")]
+    assert trained(roles_to_train=["system", "user"]) == [enc("Be brief."), enc("Weather here?")]
 
 
 def write_dataset(root: Path, size: int, n: int = 6) -> Path:
@@ -189,7 +238,7 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     for row in train:
         answer = json.loads(row["messages"])[1]["content"][0]["text"]
         want = expected_runs(tok, spec, "turn")
-        want[0] = tok.encode(answer, add_special_tokens=False) + want[0][-1:]
+        want[0] = tok.encode(spec.answer_prefix + answer, add_special_tokens=False) + want[0][-1:]
         assert runs(row["labels"]) == want
         assert all(lab == X for t, lab in zip(row["input_ids"], row["labels"]) if t in media)
         assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
@@ -275,6 +324,16 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
     elif family == "smolvlm":
         assert keys == {"pixel_values", "pixel_attention_mask"}
         assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
+    elif family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v"):
+        # The image's patches flattened (channels × 2 frames × patch²), its (t, h, w) patch grid, and the token
+        # types multimodal RoPE needs (1 on the image's placeholders); the text-only row adds nothing.
+        image_id = tok.convert_tokens_to_ids(spec.media[1])
+        patch = 16 if family == "qwen3_vl" else 14
+        assert keys == {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+        assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]
+        assert tuple(batch["pixel_values"].shape) == (16, 3 * 2 * patch * patch)
+        assert batch["mm_token_type_ids"].tolist() == (batch["input_ids"] == image_id).long().tolist()
+        assert int(batch["mm_token_type_ids"][0].sum()) == 4
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))

