@@ -63,8 +63,36 @@ class VisionCollator:
 
 def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
     """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none)."""
-    out = processor.image_processor(images, return_tensors="pt")
-    return {k: v for k, v in out.items() if k not in TEXT_KEYS}
+    out = {k: v for k, v in processor.image_processor(images, return_tensors="pt").items() if k not in TEXT_KEYS}
+    n = len(images)
+    lengths = {v.shape[0] for v in out.values() if isinstance(v, torch.Tensor)}
+    if n in lengths and len(lengths) > 1 and not all(images):
+        # A per-row layout whose outputs disagree on the batch size: the torchvision Mllama image processor of
+        # transformers 5.24 drops the rows without images from `aspect_ratio_ids`/`aspect_ratio_mask` (its PIL
+        # twin keeps them as zeros). Process the rows with images and give the others zeros, as the PIL one does.
+        return _scatter_rows(processor, images)
+    return out
+
+
+def _scatter_rows(processor: Any, images: list[list[Any]]) -> dict:
+    rows = [i for i, imgs in enumerate(images) if imgs]
+    sub = processor.image_processor([images[i] for i in rows], return_tensors="pt")
+    out: dict[str, Any] = {}
+    for k, v in sub.items():
+        if k in TEXT_KEYS:
+            continue
+        if isinstance(v, torch.Tensor) and v.shape[0] == len(rows):
+            full = v.new_zeros((len(images), *v.shape[1:]))
+            full[rows] = v
+            out[k] = full
+        elif isinstance(v, list) and len(v) == len(rows):  # e.g. Mllama's `num_tiles`: one list per row
+            per_row: list[Any] = [[] for _ in images]
+            for i, x in zip(rows, v):
+                per_row[i] = x
+            out[k] = per_row
+        else:
+            out[k] = v
+    return out
 
 
 def token_inputs(processor: Any, input_ids: torch.Tensor, batch: dict, input_names: set[str]) -> dict:
