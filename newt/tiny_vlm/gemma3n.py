@@ -11,11 +11,11 @@ vocabulary, the vision tokens (`<end_of_image>`, `<image_soft_token>`) and then 
 vocabulary: ids from `vision_config.vocab_offset` on are embedded by the vision (audio) embedder, and the
 per-layer inputs cover the text ids only.
 
-The tower: timm's `mobilenetv5_300m_enc` (84 blocks, 300 M parameters, 2048 channels out) with `block_args`
-shrunk to one block per kind the real one stacks (edge residual, universal inverted residual, multi-query
-attention; four stages) at 8–32 channels, and the adapter's output grid at 2 × 2. The adapter's 2048 output
-channels are fixed in timm (`MobileNetV5Encoder.num_features`), so the tower has ≈0.23 M parameters, most of
-them the adapter's last 1×1 convolution."""
+The tower: timm's `mobilenetv5_300m_enc` at `channel_multiplier` 1/32 and a 2 × 2 output grid: all 84 blocks of
+the real one, ≈3.7 M parameters (the multi-query attention blocks keep their heads and key width, and the fusion
+adapter's 2048 output channels are fixed in timm). A shallower tower cannot be configured: `model_args` may carry
+`block_args`, but timm's `EfficientNetBuilder` rewrites those dicts in place while it builds the tower (pops
+`block_type`, adds layer classes), after which the model's config no longer saves as JSON."""
 
 from __future__ import annotations
 
@@ -25,17 +25,11 @@ from newt.tiny_vlm import building
 
 IMAGE_SIZE = 64  # the tower downsamples by 32: a 2 × 2 feature map, fused to the 2 × 2 output grid
 GRID = 2
-CHANNELS = 1 / 32
+CHANNELS = 1 / 32  # timm rounds channels to multiples of 8
 TEXT_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
                "<start_of_audio>"]
 VISION_TOKENS = ["<end_of_image>", "<image_soft_token>"]  # the vision embedder's vocabulary, in order
 AUDIO_TOKENS = ["<end_of_audio>", "<audio_soft_token>"]
-TOWER = [  # timm block strings (timm.models._efficientnet_builder.decode_arch_def), one list per stage
-    ["er_r1_k3_s2_e4_c8"],
-    ["uir_r1_a3_k5_s2_e6_c16"],
-    ["uir_r1_a5_k5_s2_e6_c16", "mqa_r1_k3_h2_s2_d8_c16", "uir_r1_a0_k0_s1_e2_c16"],
-    ["uir_r1_a5_k5_s2_e6_c32", "mqa_r1_k3_h2_s1_d8_c32", "uir_r1_a0_k0_s1_e2_c32"],
-]
 TEMPLATE = """{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}
@@ -89,22 +83,25 @@ def build(out: Path) -> None:
         Gemma3nProcessor,
         SiglipImageProcessorPil,
     )
+    from transformers.image_utils import PILImageResampling
 
+    named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+             "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
     tok = building.tokenizer(TEXT_TOKENS + VISION_TOKENS + AUDIO_TOKENS, TEMPLATE, eos="<eos>", pad="<pad>",
-                             bos="<bos>", extra={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
-                                                 "eoi_token": "<end_of_image>", "audio_token": "<audio_soft_token>",
-                                                 "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"})
+                             bos="<bos>", extra=named)
     vision_offset = tok.convert_tokens_to_ids(VISION_TOKENS[0])
     audio_offset = tok.convert_tokens_to_ids(AUDIO_TOKENS[0])
     # as convert_gemma3n_weights.py builds it, at the tiny image size
     images = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=(0.5,) * 3,
-                                     image_std=(0.5,) * 3, resample=2, do_normalize=False)  # 2: bilinear
+                                     image_std=(0.5,) * 3, resample=PILImageResampling.BILINEAR,
+                                     do_normalize=False)
     processor = Gemma3nProcessor(feature_extractor=Gemma3nAudioFeatureExtractor(), image_processor=images,
                                  tokenizer=tok, chat_template=TEMPLATE, image_seq_length=GRID * GRID)
     text = building.text_config(tok, vocab_size_per_layer_input=vision_offset, hidden_size_per_layer_input=8,
                                 laurel_rank=4, num_kv_shared_layers=0, sliding_window=64,
                                 layer_types=["sliding_attention", "full_attention"])
-    vision = {"architecture": "mobilenetv5_300m_enc", "vocab_size": len(VISION_TOKENS), "vocab_offset": vision_offset,
+    vision = {"architecture": "mobilenetv5_300m_enc", "vocab_size": len(VISION_TOKENS),
+              "vocab_offset": vision_offset,
               "model_args": {"channel_multiplier": CHANNELS, "msfa_output_resolution": GRID}}
     audio = {"vocab_size": len(AUDIO_TOKENS), "vocab_offset": audio_offset, "hidden_size": 32,
              "conf_num_attention_heads": 2, "conf_num_hidden_layers": 1, "sscp_conv_channel_size": (8, 4)}
@@ -112,6 +109,7 @@ def build(out: Path) -> None:
                            vision_soft_tokens_per_image=GRID * GRID, tie_word_embeddings=False,
                            image_token_id=tok.convert_tokens_to_ids("<image_soft_token>"),
                            boi_token_id=tok.convert_tokens_to_ids("<start_of_image>"),
-                           eoi_token_id=vision_offset, audio_token_id=tok.convert_tokens_to_ids("<audio_soft_token>"),
+                           eoi_token_id=vision_offset,
+                           audio_token_id=tok.convert_tokens_to_ids("<audio_soft_token>"),
                            boa_token_id=tok.convert_tokens_to_ids("<start_of_audio>"), eoa_token_id=audio_offset)
     building.save(Gemma3nForConditionalGeneration, config, processor, out, stop_tokens=("<end_of_turn>",))

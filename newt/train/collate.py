@@ -71,7 +71,8 @@ def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
     With the processor's own image defaults (its `images_kwargs` class attribute, which the processor gives its
     image processor on every call), so the pixels match the placeholders `prepared` expanded: InternVL's processor
     turns on `crop_to_patches`, which its image processor leaves off."""
-    out = processor.image_processor(images, return_tensors="pt", **dict(getattr(processor, "images_kwargs", None) or {}))
+    defaults = dict(getattr(processor, "images_kwargs", None) or {})
+    out = processor.image_processor(images, return_tensors="pt", **defaults)
     return {k: v for k, v in out.items() if k not in TEXT_KEYS}
 
 
