@@ -50,7 +50,7 @@ FAMILIES = {
                      "Gemma3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
     "smolvlm": Family("builtin:tiny-smolvlm", "<end_of_utterance>",
                       ("<fake_token_around_image>", "<global-img>", "<image>"), 56,
-                      "Idefics3ForConditionalGeneration", ("model.connector", "model.vision_model")),
+                      "SmolVLMForConditionalGeneration", ("model.connector", "model.vision_model")),
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
                               "MllamaForConditionalGeneration",
                               ("model.multi_modal_projector", "model.vision_model")),
