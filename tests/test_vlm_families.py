@@ -56,7 +56,7 @@ FAMILIES = {
                      "Gemma3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
     "smolvlm": Family("builtin:tiny-smolvlm", "<end_of_utterance>",
                       ("<fake_token_around_image>", "<global-img>", "<image>"), 56,
-                      "Idefics3ForConditionalGeneration", ("model.connector", "model.vision_model")),
+                      "SmolVLMForConditionalGeneration", ("model.connector", "model.vision_model")),
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
                               "MllamaForConditionalGeneration",
                               ("model.multi_modal_projector", "model.vision_model")),
@@ -71,6 +71,14 @@ FAMILIES = {
     "glm4v": Family("builtin:tiny-glm4v", "<|user|>", ("<|begin_of_image|>", "<|image|>", "<|end_of_image|>"), 56,
                     "Glm4vForConditionalGeneration", ("model.visual",), input_ends=(0, 0),
                     answer_prefix="\n<think></think>\n"),
+    "internvl": Family("builtin:tiny-internvl", "<|im_end|>", ("<img>", "<IMG_CONTEXT>", "</img>"), 56,
+                       "InternVLForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
+    "gemma4": Family("builtin:tiny-gemma4", "<turn|>", ("<|image>", "<|image|>", "<image|>"), 48,
+                     "Gemma4ForConditionalGeneration", ("model.embed_vision", "model.vision_tower")),
+    "gemma3n": Family("builtin:tiny-gemma3n", "<end_of_turn>", ("<start_of_image>", "<image_soft_token>",
+                                                                 "<end_of_image>"), 64,
+                      "Gemma3nForConditionalGeneration",
+                      ("model.audio_tower", "model.embed_audio", "model.embed_vision", "model.vision_tower")),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -334,7 +342,44 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         assert tuple(batch["pixel_values"].shape) == (16, 3 * 2 * patch * patch)
         assert batch["mm_token_type_ids"].tolist() == (batch["input_ids"] == image_id).long().tolist()
         assert int(batch["mm_token_type_ids"][0].sum()) == 4
+    elif family == "internvl":  # one 56-pixel tile per image, flat over the batch
+        assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 56, 56)
+    elif family == "gemma4":  # patches padded to the budget (70 soft tokens × 3²), with their 2-D positions
+        placeholder = batch["input_ids"] == proc.image_token_id
+        assert keys == {"pixel_values", "image_position_ids", "mm_token_type_ids"}
+        assert batch["mm_token_type_ids"].tolist() == placeholder.long().tolist() and int(placeholder.sum()) == 64
+        assert tuple(batch["pixel_values"].shape) == (1, 630, 12)
+        assert tuple(batch["image_position_ids"].shape) == (1, 630, 2)
+        assert int((batch["image_position_ids"][0] != -1).all(dim=-1).sum()) == 24 * 24
+    elif family == "gemma3n":
+        placeholder = batch["input_ids"] == proc.image_token_id
+        assert keys == {"pixel_values", "token_type_ids"}
+        assert batch["token_type_ids"].tolist() == placeholder.long().tolist() and int(placeholder.sum()) == 4
+        assert tuple(batch["pixel_values"].shape) == (1, 3, 64, 64)
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_collator_lays_out_pixels_with_the_processors_image_defaults(processors) -> None:
+    """InternVL's processor turns on its image processor's `crop_to_patches` (the saved image processor has it
+    off): a 2:1 image is two tiles and a thumbnail both in the ids `prepared` expanded and in the collated pixels,
+    and the model's forward takes them."""
+    import torch
+    import transformers
+
+    from newt.models import local_snapshot
+    from newt.train.collate import VisionCollator
+
+    proc = processors("internvl")
+    assert proc.image_processor.crop_to_patches is False
+    wide = Image.fromarray(np.full((56, 112, 3), COLOURS["red"], dtype=np.uint8))
+    out = process_and_mask(proc, [conversation("red")], Masker(proc), images=[[wide]])
+    assert out["input_ids"][0].count(proc.image_token_id) == 3 * 4  # 3 tiles of 4 image tokens
+    batch = VisionCollator(proc)([{"input_ids": out["input_ids"][0], "labels": out["labels"][0],
+                                   "images": out["image_bytes"][0]}])
+    assert tuple(batch["pixel_values"].shape) == (3, 3, 56, 56)
+    assert np.allclose(batch["pixel_values"].numpy(), np.asarray(out["pixel_values"]))
+    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(FAMILIES["internvl"].model))
     assert torch.isfinite(model(**batch).loss)

@@ -159,8 +159,9 @@ FAMILIES: tuple[Family, ...] = (
 # even inside trained spans: they are inputs, never predictions. Sources: the tokenizer configs of
 # Qwen2-VL/2.5-VL, Llama 3.2 Vision (`<|image|>`), Gemma 3 (`<start_of_image>`, `<image_soft_token>`,
 # `<end_of_image>`), Gemma 3n/4 audio/video tokens, Pixtral/mistral-common tekken ([IMG], [IMG_BREAK],
-# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM, GLM-4V
-# (`<|begin_of_image|>` `<|image|>`… `<|end_of_image|>`, video and audio alike: zai-org/GLM-4.6V-Flash tokenizer).
+# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM, InternVL
+# (`<img>`, `<IMG_CONTEXT>`, `</img>`), GLM-4V (`<|begin_of_image|>` `<|image|>`… `<|end_of_image|>`, video and audio
+# alike: zai-org/GLM-4.6V-Flash tokenizer).
 MEDIA_TOKENS: tuple[str, ...] = (
     "<|vision_start|>",
     "<|vision_end|>",
@@ -202,4 +203,8 @@ MEDIA_TOKENS: tuple[str, ...] = (
     "<video>",
     "<fake_token_around_image>",
     "<global-img>",
+    # InternVL (OpenGVLab/InternVL3-*-hf): each tile is <img> + <IMG_CONTEXT> × n + </img>
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
 )

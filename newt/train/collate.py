@@ -8,7 +8,8 @@ takes:
 - the media side (pixel values in the family's layout, `image_grid_thw`, `image_sizes`, `aspect_ratio_ids` /
   `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's image processor on the batch's images, one
   list per row (rows without images included: per-row layouts such as Mllama's and Idefics3's keep the batch
-  dimension, flat layouts such as LLaVA's and Gemma 3's concatenate), with the settings saved with the processor;
+  dimension, flat layouts such as LLaVA's and Gemma 3's concatenate), with the settings saved with the processor
+  and the processor's own image defaults (`images_kwargs`), keeping what the processor lists in `model_input_names`;
 - the token side: `mm_token_type_ids` / `token_type_ids` (Gemma 3, Qwen2-VL's multimodal RoPE) from the
   processor's `create_mm_token_type_ids` on the padded ids; Mllama's `cross_attention_mask` from the Mllama
   processor module's own functions (which image each text token attends to, over the image's tiles).
@@ -56,27 +57,36 @@ class VisionCollator:
         if any(images):
             batch.update(media_inputs(self.processor, images))
         batch.update(token_inputs(self.processor, input_ids, batch, self.input_names))
-        # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above).
+        # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above), and
+        # image-processor outputs the processor does not list as model inputs (InternVL's `num_patches`, which
+        # InternVLProcessor consumes when it lays out the pixels).
         unused = set(getattr(self.processor, "unused_input_names", ()) or ())
-        return {k: v for k, v in batch.items() if k not in unused and isinstance(v, torch.Tensor)}
+        return {k: v for k, v in batch.items() if k not in unused and isinstance(v, torch.Tensor)
+                and (k in TEXT_KEYS or not self.input_names or k in self.input_names)}
 
 
 def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
-    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none)."""
-    out = {k: v for k, v in processor.image_processor(images, return_tensors="pt").items() if k not in TEXT_KEYS}
+    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none).
+
+    With the processor's own image defaults (its `images_kwargs` class attribute, which the processor gives its
+    image processor on every call), so the pixels match the placeholders `prepared` expanded: InternVL's processor
+    turns on `crop_to_patches`, which its image processor leaves off."""
+    defaults = dict(getattr(processor, "images_kwargs", None) or {})
+    out = processor.image_processor(images, return_tensors="pt", **defaults)
+    out = {k: v for k, v in out.items() if k not in TEXT_KEYS}
     n = len(images)
     lengths = {v.shape[0] for v in out.values() if isinstance(v, torch.Tensor)}
     if n in lengths and len(lengths) > 1 and not all(images):
         # A per-row layout whose outputs disagree on the batch size: the torchvision Mllama image processor of
         # transformers 5.24 drops the rows without images from `aspect_ratio_ids`/`aspect_ratio_mask` (its PIL
         # twin keeps them as zeros). Process the rows with images and give the others zeros, as the PIL one does.
-        return _scatter_rows(processor, images)
+        return _scatter_rows(processor, images, defaults)
     return out
 
 
-def _scatter_rows(processor: Any, images: list[list[Any]]) -> dict:
+def _scatter_rows(processor: Any, images: list[list[Any]], defaults: dict) -> dict:
     rows = [i for i, imgs in enumerate(images) if imgs]
-    sub = processor.image_processor([images[i] for i in rows], return_tensors="pt")
+    sub = processor.image_processor([images[i] for i in rows], return_tensors="pt", **defaults)
     out: dict[str, Any] = {}
     for k, v in sub.items():
         if k in TEXT_KEYS:
