@@ -224,7 +224,7 @@ def ui() -> Iterator[tuple[int, object]]:
     profile = tempfile.mkdtemp(prefix="newt-chromium-")
     chrome = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine: dagster dev has taken over 60 s
         while True:
             try:
                 nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
