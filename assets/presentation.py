@@ -110,8 +110,8 @@ def history_metadata(history: list[dict[str, Any]], artifact: str, curve: list[d
     budget = (INLINE_MARKDOWN_CHARS - 1 - len(head) - len(tail)) * 3 // 4  # base64: 4 characters per 3 bytes
     spark = loss_sparkline_png(curve, max_bytes=budget)
     out["loss_curve"] = dg.MetadataValue.md(f"{head}{base64.b64encode(spark).decode()}{tail}" if spark else summary)
-    out["loss_chart"] = dg.MetadataValue.md(
-        f"![train loss, eval loss and learning rate over steps](data:image/png;base64,{base64.b64encode(chart).decode()})")
+    alt = "train loss, eval loss and learning rate over steps"
+    out["loss_chart"] = dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(chart).decode()})")
     out["loss_curve_png"] = dg.MetadataValue.path(f"{artifact.rstrip('/')}/{LOSS_PNG}")
     return out
 
