@@ -1,7 +1,7 @@
 """How a stage's outcome reads in the Dagster UI: metadata values built from what the core returned.
 
-- `trained`: the training curve as a text chart (inline) and as a PNG in the artifact (linked), and the logged rows
-  as a typed table;
+- `trained`: the training curve as pictures (a sparkline inline, the full matplotlib chart one click away, both
+  embedded as `data:` PNGs) and the logged rows as a typed table;
 - `evaluation`: the results as a typed table (one row per model variant) next to the markdown one, and one numeric
   entry per `<variant>/<metric>`, which the UI plots across materializations;
 - a cache hit reports the same numbers as text, not as numbers: it re-reports an existing artifact, and a number
@@ -24,6 +24,7 @@ TABLE_TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
 
 def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
     from newt.evaluate import flat_metrics, results_table
+    from newt.train import curve_history
 
     meta: dict[str, Any] = {
         "cache": outcome.cache,
@@ -38,7 +39,9 @@ def asset_metadata(outcome: StageOutcome) -> dict[str, Any]:
             meta["results_table"] = results_table_value(value)
             plotted.update(flat_metrics(value))
         elif name == "loss_history" and isinstance(value, list):
-            meta.update(history_metadata(value, outcome.uri))
+            meta.update(history_metadata(value, outcome.uri, curve_history(outcome.metadata)))
+        elif name == "loss_curve_rows":  # drawn in the pictures above, not listed
+            continue
         elif name.endswith("_preview") or name.endswith("_markdown"):
             meta[name] = dg.MetadataValue.md(str(value))
         elif name.endswith("_url") and isinstance(value, str):  # tracker runs (newt/tracking.py)
@@ -73,20 +76,43 @@ def recipe_reference(recipe: Recipe) -> dict[str, Any]:
         return {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[ref])}
 
 
-def history_metadata(history: list[dict[str, Any]], artifact: str) -> dict[str, Any]:
-    """`loss_curve` (a text chart of the logged steps, shown inline), `loss_curve_png` (the matplotlib picture in
-    the artifact) and `loss_history` (the rows, typed).
+# Dagster's UI renders a markdown metadata value in the metadata table only when it is shorter than this many
+# characters, and behind a "[Show Markdown]" dialog otherwise (dagster-webserver 1.13.28, ui-core
+# src/metadata/MetadataEntry.tsx: `expandSmallValues && entry.mdStr.length < 1000`). Its markdown renderer keeps
+# `data:` image sources (ui-core src/ui/MarkdownWithPlugins.tsx adds `data` to rehype-sanitize's `src` protocols).
+INLINE_MARKDOWN_CHARS = 1000
 
-    Dagster 1.13's markdown renderer drops images whose source is not http(s) — a `data:` URI included — and raw
-    HTML, so the PNG cannot be shown inline; the text chart can, in the monospace font the UI renders markdown in."""
-    from newt.plots import loss_text_chart
+
+def history_metadata(history: list[dict[str, Any]], artifact: str, curve: list[dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
+    """`loss_curve` (a sparkline of the whole run with its first and last loss, small enough to show inline),
+    `loss_chart` (the full matplotlib chart: loss, eval loss, learning rate, with axes; one click away),
+    `loss_curve_png` (the same chart's file in the artifact) and `loss_history` (the last logged rows, typed).
+    `curve` is the whole run's rows (`loss_curve_rows`); without it the pictures draw `history`."""
+    import base64
+
+    from newt.plots import loss_png, loss_sparkline_png, points
     from newt.train import LOSS_PNG
 
     out: dict[str, Any] = {"loss_history": rows_table(history)}
-    chart = loss_text_chart(history)
-    if chart is not None:
-        out["loss_curve"] = dg.MetadataValue.md(f"```\n{chart}\n```")
-        out["loss_curve_png"] = dg.MetadataValue.path(f"{artifact.rstrip('/')}/{LOSS_PNG}")
+    curve = curve if curve is not None else history
+    chart = loss_png(curve, title="training loss")
+    if chart is None:
+        return out
+    losses = points(curve, "loss")
+    # short paragraphs: the UI's value column is about 45 monospace characters wide and does not wrap them
+    summary = f"train loss {losses[0][1]:.4g} → {losses[-1][1]:.4g} · steps {losses[0][0]:g}–{losses[-1][0]:g}"
+    if points(curve, "eval_loss"):
+        summary += "\n\neval loss: orange"
+    summary += "\n\nfull chart: loss_chart"
+    head = "![loss over steps](data:image/png;base64,"
+    tail = ")\n\n" + summary
+    budget = (INLINE_MARKDOWN_CHARS - 1 - len(head) - len(tail)) * 3 // 4  # base64: 4 characters per 3 bytes
+    spark = loss_sparkline_png(curve, max_bytes=budget)
+    out["loss_curve"] = dg.MetadataValue.md(f"{head}{base64.b64encode(spark).decode()}{tail}" if spark else summary)
+    alt = "train loss, eval loss and learning rate over steps"
+    out["loss_chart"] = dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(chart).decode()})")
+    out["loss_curve_png"] = dg.MetadataValue.path(f"{artifact.rstrip('/')}/{LOSS_PNG}")
     return out
 
 

@@ -152,20 +152,36 @@ def build_preference(run: StageRun) -> dict[str, Any]:
 
     apply_tokens(recipe, tokenizer)
     render = Renderer(recipe, tokenizer)
-    out: list[dict[str, Any]] = []
+    groups: list[list[dict[str, Any]]] = []  # the rows made from one source row (a KTO pair makes two)
     for i, spec in enumerate(recipe.datasets):
         raw = datasets.load_from_disk(str(source_dir(run.upstream["dataset"], i)))
         for n, row in enumerate(raw):
-            out.extend(rows_for(method, row, render, f"datasets[{i}] ({spec.path}) row {n}"))
-        run.log(f"prepared: datasets[{i}] → {len(out)} {method} rows so far")
+            groups.append(rows_for(method, row, render, f"datasets[{i}] ({spec.path}) row {n}"))
+        run.log(f"prepared: datasets[{i}] → {sum(map(len, groups))} {method} rows so far")
+    out = [r for group in groups for r in group]
     if not out:
         raise PreferenceError(f"prepared: the datasets hold no rows for rl: {method}")
-    columns = list(out[0])
-    ds = datasets.Dataset.from_dict({c: [r.get(c) for r in out] for c in columns}).shuffle(seed=recipe.seed)
-    n_val = held_out_count(len(ds), recipe.val_set_size)
-    if n_val >= len(ds):
-        raise PreferenceError(f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(ds)}; "
+    # Shuffle and split by source row, so that both rows of a KTO pair land on the same side: evaluation pairs
+    # desirable with undesirable completions of a prompt (newt/eval/preference.py), and a held-out prompt must not
+    # be trained on. With one row per source row this is the permutation `Dataset.shuffle(seed)` gives the rows.
+    order = datasets.Dataset.from_dict({"g": list(range(len(groups)))}).shuffle(seed=recipe.seed)["g"]
+    n_val = held_out_count(len(out), recipe.val_set_size)
+    if n_val >= len(out):
+        raise PreferenceError(f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(out)}; "
                               f"lower it")
+    shuffled = [r for g in order for r in groups[g]]
+    if n_val:  # whole groups, at least n_val rows
+        held = 0
+        for g in order:
+            held += len(groups[g])
+            if held >= n_val:
+                break
+        if held >= len(out):
+            raise PreferenceError(f"val_set_size {recipe.val_set_size}: the rows of one source row stay together, "
+                                  f"so holding out {n_val} rows leaves no training rows out of {len(out)}; lower it")
+        n_val = held
+    columns = list(out[0])
+    ds = datasets.Dataset.from_dict({c: [r.get(c) for r in shuffled] for c in columns})
     splits = datasets.DatasetDict({"train": ds.select(range(n_val, len(ds)))})
     if n_val:  # datasets 5.2 saves an empty split that load_from_disk cannot read back (IndexError): leave it out
         splits["validation"] = ds.select(range(n_val))

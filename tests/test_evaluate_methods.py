@@ -39,21 +39,30 @@ def test_dpo_raises_preference_accuracy_and_margin(tiny_recipe_file, tmp_path: P
     assert merged["chosen_logp"] - merged["rejected_logp"] > base["chosen_logp"] - base["rejected_logp"]
 
 
-def write_yes_no(path: Path, n: int = 24) -> Path:
-    """A preference any model learns in a few steps: answer every prompt with yes, never with no."""
+def write_yes_no(path: Path, n: int = 24, paired: bool = True) -> Path:
+    """A preference any model learns in a few steps: answer every prompt with yes, never with no. Paired: each
+    prompt with both completions (one DPO-style row, two KTO rows); unpaired: KTO's own rows, each prompt once,
+    alternately with the desirable and the undesirable completion."""
     with path.open("w") as f:
-        for row in reversal_rows(n, seed=2):
+        for i, row in enumerate(reversal_rows(n, seed=2)):
             prompt = [{"role": "user", "content": row["messages"][0]["content"]}]
-            f.write(json.dumps({"prompt": prompt, "chosen": "yes", "rejected": "no"}) + "\n")
+            if paired:
+                f.write(json.dumps({"prompt": prompt, "chosen": "yes", "rejected": "no"}) + "\n")
+            else:
+                f.write(json.dumps({"prompt": prompt, "completion": "yes" if i % 2 else "no", "label": bool(i % 2)})
+                        + "\n")
     return path
 
 
-def test_kto_raises_preference_accuracy_and_margin(tiny_recipe_file, tmp_path: Path) -> None:
-    # unpaired rows (no prompt has both kinds among the held-out rows), so KTO's own reward sign is the accuracy
+@pytest.mark.parametrize("paired", [True, False], ids=["pairs", "unpaired"])
+def test_kto_raises_preference_accuracy_and_margin(tiny_recipe_file, tmp_path: Path, paired: bool) -> None:
+    # pairs: both rows of a pair are held out together, so the policy ranks the two completions of each prompt;
+    # unpaired: no prompt has both kinds, so KTO's own reward sign is the accuracy
     recipe = recipe_with(tiny_recipe_file, tmp_path, "rl: kto\nrl_beta: 0.1\nmax_steps: 8\nlearning_rate: 0.005\n"
-                         + EVAL, write_yes_no(tmp_path / "yes_no.jsonl"))
+                         + EVAL, write_yes_no(tmp_path / "yes_no.jsonl", n=24 if paired else 48, paired=paired))
     results = evaluate(recipe, tmp_path / "store")
     base, merged = results["base"], results["merged"]
+    assert base["pairs"] == merged["pairs"] == (4 if paired else 0)  # max_samples: 8 rows, 4 whole pairs
     assert base["reward_margin"] == 0.0 and merged["reward_margin"] > 0
     assert merged["preference_accuracy"] > base["preference_accuracy"]
 

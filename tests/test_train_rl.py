@@ -106,6 +106,20 @@ def test_kto_trains_on_unpaired_rows_made_from_pairs(tiny_recipe_file, tmp_path:
     assert meta["method"] == "kto" and meta["global_step"] == 2
 
 
+def test_kto_pairs_are_held_out_whole(tiny_recipe_file, tmp_path: Path) -> None:
+    import datasets
+
+    # 3 rows asked for, pairs make 2 rows each: two whole pairs (4 rows) are held out, none split across sides
+    recipe = recipe_with(tiny_recipe_file, tmp_path, "rl: kto\nval_set_size: 3\n", write_pairs(tmp_path / "p.jsonl"))
+    meta, _ = prepared_rows(recipe, tmp_path / "store")
+    assert (meta["rows_train"], meta["rows_validation"]) == (44, 4)
+    store = Store(str(tmp_path / "store"))
+    data = datasets.load_from_disk(str(store.local_path("prepared", plan(recipe)["prepared"].key) / "data"))
+    held = {(r["prompt"], r["label"]) for r in data["validation"]}
+    assert {p for p, _ in held} & {r["prompt"] for r in data["train"]} == set()  # no held-out prompt trained on
+    assert held == {(p, label) for p, _ in held for label in (True, False)}  # each with both of its completions
+
+
 @pytest.mark.slow
 def test_grpo_samples_groups_and_scores_them_with_the_named_rewards(tiny_recipe_file, tmp_path: Path) -> None:
     calls = tmp_path / "calls.jsonl"
@@ -152,14 +166,17 @@ def test_builtin_and_user_rewards(tmp_path: Path) -> None:
         resolve("newt.rewards:nope")
 
 
-@pytest.mark.parametrize("name", ["dpo", "grpo"])
+@pytest.mark.parametrize("name", ["dpo", "kto", "grpo"])
 def test_example_recipes_prepare(name: str, tmp_path: Path, monkeypatch) -> None:
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)  # example paths are relative to the repository root
     recipe = load_recipe(root / "recipes" / "examples" / f"{name}.yaml")
     meta, rows = prepared_rows(recipe, tmp_path / "store")
-    assert recipe.rl == name and meta["rows_train"] + meta["rows_validation"] == {"dpo": 5, "grpo": 4}[name]
-    if name == "dpo":
+    assert recipe.rl == name and meta["rows_train"] + meta["rows_validation"] == {"dpo": 5, "kto": 10, "grpo": 4}[name]
+    if name == "kto":  # the held-out pair whole: evaluation ranks its two completions
+        held = rows[meta["rows_train"]:]
+        assert len(held) == 2 and held[0]["prompt"] == held[1]["prompt"] and {r["label"] for r in held} == {True, False}
+    elif name == "dpo":
         assert all(r["prompt"].endswith("<|im_start|>assistant\n") and r["chosen"] != r["rejected"] for r in rows)
     else:
         assert recipe.trl.reward_weights == [1.0, 0.1] and all(r["answer"] for r in rows)

@@ -142,6 +142,36 @@ class DevTools:
         )
         time.sleep(0.5)
 
+    def click_in_row(self, row_label: str, label: str) -> bool:
+        """Click the link or button reading `label` in the metadata table row whose key is `row_label` (the
+        innermost element: a click on a wrapper never reaches the link's own handler)."""
+        script = (
+            "(() => { const row = [...document.querySelectorAll('tr')]"
+            f".find(r => r.cells.length && r.cells[0].innerText.trim() === {json.dumps(row_label)});"
+            " const el = row && [...row.querySelectorAll('a, button')]"
+            f".find(e => e.innerText.trim() === {json.dumps(label)});"
+            " if (!el) return false; el.scrollIntoView({block: 'center'}); el.click(); return true; })()"
+        )
+        return bool(self.evaluate(script))
+
+    def image(self, selector: str, timeout: float = 30) -> dict | None:
+        """The first <img> matching `selector` once it has loaded: its intrinsic size (0 when the browser could
+        not decode it) and its box on the page, scrolled into view; None when none loaded in time."""
+        script = (
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+            " if (!el || !el.complete) return null; el.scrollIntoView({block: 'center'});"
+            " const r = el.getBoundingClientRect();"
+            " return {naturalWidth: el.naturalWidth, naturalHeight: el.naturalHeight,"
+            " x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(script):
+                time.sleep(0.3)  # settle after the scroll, then read the box the screenshot will use
+                return self.evaluate(script)
+            time.sleep(0.5)
+        return None
+
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
@@ -194,7 +224,7 @@ def ui() -> Iterator[tuple[int, object]]:
     profile = tempfile.mkdtemp(prefix="newt-chromium-")
     chrome = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine: dagster dev has taken over 60 s
         while True:
             try:
                 nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
@@ -263,7 +293,7 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     time.sleep(2)  # the nodes' materialization status arrives after their names
     tools.screenshot("1-group-tiny")
 
-    # the prepared asset: the mask preview, trained text bold and masked text struck through
+    # the prepared asset: the mask preview, trained text bold and masked text struck through, and the audit
     tools.goto(f"{base}/assets/tiny/prepared")
     text = tools.wait_for("mask_preview", "Row 0", "supervised", "audit", "sampled_rows", "rows_train")
     assert "assistant" in text and "rows_rows_in" not in text
@@ -285,13 +315,25 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     tools.scroll_to_row("audit")
     tools.screenshot("3-prepared-masking-report")
 
-    # the trained asset: the loss curve, inline (a text chart: Dagster 1.13 shows no data: images), and its rows
+    # the trained asset: the loss over the whole run as a picture, inline (a sparkline PNG: the UI shows markdown
+    # of under 1,000 characters in the table), and the full matplotlib chart in the loss_chart dialog
     tools.goto(f"{base}/assets/tiny/trained")
-    tools.wait_for("loss_curve", "● train loss", "step 1", "loss_curve_png", "loss_history")
-    assert tools.evaluate("[...document.querySelectorAll('td pre, td code')]"
-                          ".some(e => e.innerText.includes('● train loss') && e.innerText.includes('└'))")
+    tools.wait_for("loss_curve", "train loss", "· steps 1–3", "loss_chart", "loss_curve_png", "loss_history")
+    inline = tools.image("td img[alt='loss over steps']")
+    assert inline and inline["naturalWidth"] >= 120 and inline["width"] > 0 and inline["height"] > 0, inline
+    tools.region("4a-trained-loss-sparkline", inline)
+    summary_fits = tools.evaluate(
+        "(() => { const p = [...document.querySelectorAll('td p')].find(e => e.innerText.startsWith('train loss'));"
+        " return !!p && p.scrollWidth <= p.clientWidth + 1 && p.getBoundingClientRect().right"
+        " <= p.closest('td').getBoundingClientRect().right; })()")
+    assert summary_fits, "the loss summary is cut off"
     tools.scroll_to_row("loss_curve")
     tools.screenshot("4-trained-loss-curve")
+    assert tools.click_in_row("loss_chart", "[Show Markdown]")
+    chart = tools.image("[role=dialog] img[alt^='train loss']", timeout=10)
+    assert chart and (chart["naturalWidth"], chart["naturalHeight"]) == (640, 320) and chart["width"] > 0, chart
+    tools.region("4b-trained-loss-chart", chart)
+    tools.screenshot("4c-trained-loss-chart-dialog")
 
     # the evaluation asset: metrics per model variant as a typed table and as markdown
     tools.goto(f"{base}/assets/tiny/evaluation")
@@ -305,6 +347,7 @@ def test_the_ui_shows_the_recipe_group_mask_preview_and_evaluation_checks(ui) ->
     assert f"Checks ({len(checks)})" in text and "eval_regression" not in text
     assert tools.click_text("[Show Markdown]"), "the check's verdicts"
     tools.wait_for("merged loss = ", "(needs <= 100.0)")
+    time.sleep(1)  # the dialog fades in
     tools.screenshot("6-evaluation-checks")
 
 

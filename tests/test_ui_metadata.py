@@ -3,18 +3,60 @@ only configured gates as checks, cache hits that add no plot point, run tags, ki
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import random
+import re
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from assets.presentation import INLINE_MARKDOWN_CHARS, history_metadata
 from definitions import build_definitions
+from newt.plots import curve_rows
 from resources import NewtStore
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED = "eval: {max_samples: 8, max_new_tokens: 8, thresholds: {loss: 100.0}}\n"
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def embedded_png(markdown: str) -> bytes:
+    """The bytes of the one `data:image/png;base64,` image of a markdown value."""
+    (data,) = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    return base64.b64decode(data)
+
+
+def test_the_loss_pictures_cover_the_whole_run_and_the_sparkline_fits_inline() -> None:
+    from PIL import Image
+
+    rng = random.Random(0)  # a long, noisy run: the hardest curve to compress
+    train = [{"step": s, "loss": 3 / (1 + s / 100) + rng.random(), "learning_rate": 1e-3, "grad_norm": 1.0}
+             for s in range(1, 5001)]
+    evals = [{"step": s, "eval_loss": 2.5 / (1 + s / 100)} for s in range(250, 5001, 250)]
+    rows = curve_rows(train, evals, limit=400)
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert len(steps) == 400 and steps[0] == 1 and steps[-1] == 5000  # thinned, first and last kept
+    assert [r["step"] for r in rows if "eval_loss" in r] == list(range(250, 5001, 250))
+    assert all(set(r) <= {"step", "loss", "eval_loss", "learning_rate"} for r in rows)
+
+    meta = history_metadata(train[-20:], "/store/trained/k", rows)
+    curve = meta["loss_curve"].value
+    assert len(curve) < INLINE_MARKDOWN_CHARS  # the UI shows it in the metadata table, not behind a dialog
+    first, last = train[0]["loss"], train[-1]["loss"]
+    assert f"train loss {first:.4g} → {last:.4g} · steps 1–5000\n\neval loss: orange" in curve
+    spark = Image.open(io.BytesIO(embedded_png(curve)))
+    assert spark.width >= 120 and len(set(spark.getdata())) >= 3  # background, train and eval colours
+    chart = Image.open(io.BytesIO(embedded_png(meta["loss_chart"].value)))
+    assert chart.size == (640, 320)
+    assert [r.data["step"] for r in meta["loss_history"].records] == list(range(4981, 5001))
+    assert meta["loss_curve_png"].value == "/store/trained/k/loss.png"
+    assert set(history_metadata([], "/x")) == {"loss_history"}  # nothing logged: no picture
 
 
 def materializations(result) -> dict[str, dg.AssetMaterialization]:
@@ -58,10 +100,11 @@ def test_a_run_reads_well_in_the_ui(tiny_recipe_file, tmp_path: Path) -> None:
         meta = materializations(first)
         trained = meta["trained"].metadata
         curve = trained["loss_curve"].value
-        assert curve.startswith("```\n● train loss\n") and curve.endswith("\n```")
-        assert curve.count("●") == 1 + 3 and "step 1" in curve  # the legend's and one per logged step
+        assert len(curve) < INLINE_MARKDOWN_CHARS and "steps 1–3\n" in curve  # inline, over the whole run
+        assert embedded_png(curve)[:8] == PNG_MAGIC
+        chart = embedded_png(trained["loss_chart"].value)
         png = Path(trained["loss_curve_png"].value)
-        assert png.parent == Path(trained["artifact"].value) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.parent == Path(trained["artifact"].value) and png.read_bytes() == chart  # the artifact's picture
         history = trained["loss_history"]
         assert isinstance(history, dg.TableMetadataValue)
         types = {c.name: c.type for c in history.schema.columns}

@@ -39,13 +39,21 @@ class TrainError(ValueError):
     pass
 
 
-LOSS_PNG = "loss.png"  # the training curve in the artifact (newt/plots.py); the UI links it
+LOSS_PNG = "loss.png"  # the training curve in the artifact (newt/plots.py); the UI shows the same picture
 
 
-def write_loss_png(history: list[dict], path: Path) -> None:
+def curve_history(metrics: dict) -> list[dict]:
+    """The rows the loss pictures draw: the whole run's `loss_curve_rows`, or, in artifacts trained before it was
+    recorded, the last logged rows."""
+    if "loss_curve_rows" in metrics:
+        return metrics["loss_curve_rows"]
+    return [*(metrics.get("loss_history") or []), *(metrics.get("eval_loss_history") or [])]
+
+
+def write_loss_png(metrics: dict, path: Path) -> None:
     from newt.plots import loss_png
 
-    png = loss_png(history, title="training loss")
+    png = loss_png(curve_history(metrics), title="training loss")
     if png is not None:
         path.write_bytes(png)
 
@@ -205,7 +213,7 @@ def build(run: StageRun) -> dict[str, Any]:
     if not metrics_file.is_file():
         raise RuntimeError(f"training child exited without writing {metrics_file}; see its log above")
     metrics = json.loads(metrics_file.read_text())
-    write_loss_png(metrics.get("loss_history") or [], work / LOSS_PNG)  # issue 17: the curve, beside the model
+    write_loss_png(metrics, work / LOSS_PNG)  # issue 17: the curve, beside the model
     return metrics
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from newt.config import Recipe, RecipeError, parse_resolved
+from newt.plots import curve_rows
 import newt.train.args as train_args
 from newt.train.hardware import check_settings
 from newt.train.report import Reporter
@@ -170,6 +171,8 @@ def final_metrics(method: str, recipe: Recipe, trainer: Any, result: Any, stream
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "loss_history": stream.history[-20:],
         **({"eval_loss_history": stream.eval_history[-20:]} if stream.eval_history else {}),
+        # the whole run, thinned, for the loss pictures (newt/plots.py); the two lists above are its last rows
+        "loss_curve_rows": curve_rows(stream.history, stream.eval_history),
     }
 
 
