@@ -95,7 +95,7 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
 
 
 def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
-    """A multimodal processor (tokenizer + image processor). `processor_type` is `AutoProcessor` or the name of a
+    """A multimodal processor (tokenizer + image processor or audio feature extractor). `processor_type` is `AutoProcessor` or the name of a
     transformers processor class (Axolotl's key)."""
     import transformers
 
@@ -107,21 +107,30 @@ def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_re
         hint = difflib.get_close_matches(processor_type, ["AutoProcessor", *names], n=1)
         raise ValueError(f"processor_type: {processor_type!r} is not a transformers processor class"
                          + (f"; did you mean {hint[0]!r}?" if hint else "; use AutoProcessor"))
-    processor = cls.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
-    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+    from newt.templates import renders_in_code
+
+    folder = str(local_snapshot(name))
+    processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if renders_in_code(processor):
+        # mistral-common validates a request for serving by default (the last message must be the user's); newt
+        # renders training rows (ending with the answer) and prompts alike, so it loads it without that rule.
+        processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, mode="agnostic")
+    media = ("image_processor", "feature_extractor")
+    if not hasattr(processor, "tokenizer") or not any(hasattr(processor, m) for m in media):
         raise ValueError(f"processor_type: {processor_type} loaded a {type(processor).__name__} for {name!r}, which "
-                         f"has no tokenizer + image processor pair; this model is not a vision-language model, so "
-                         f"remove processor_type")
+                         f"has no tokenizer + image processor (or audio feature extractor) pair; this model is not a "
+                         f"vision- or audio-language model, so remove processor_type")
     return processor
 
 
 def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
-    """AutoModelForCausalLM, or AutoModelForImageTextToText for a vision-language model (LLaVA, Qwen2-VL, ...)
-    whose configuration has no causal-LM class."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    """AutoModelForCausalLM, or AutoModelForMultimodalLM for a vision- or audio-language model (LLaVA, Qwen2-VL,
+    Voxtral, ...) whose configuration has no causal-LM class. (transformers' multimodal-LM mapping holds every
+    image-text-to-text architecture and the audio-text ones.)"""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
     )
 
     folder = local_snapshot(name)
@@ -134,10 +143,10 @@ def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
     # A folder with a processor is a vision-language checkpoint even where the causal-LM mapping also names the
     # model type (Mllama's maps to the text-only MllamaForCausalLM, which would drop the vision tower).
     multimodal = any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and (
+    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES and (
         multimodal or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     ):
-        return AutoModelForImageTextToText
+        return AutoModelForMultimodalLM
     return AutoModelForCausalLM
 
 

@@ -55,11 +55,24 @@ def explicit_template(recipe: Recipe) -> str | None:
     return path.read_text(encoding="utf-8")
 
 
-def template_for(recipe: Recipe, tokenizer: Any) -> str:
-    """The template text actually used; an error when there is none anywhere."""
+def renders_in_code(tokenizer: Any) -> bool:
+    """Whether the tokenizer (or a processor's) renders chats in code, with no Jinja template: mistral-common's
+    tokenizers (`MistralCommonBackend`, Voxtral's), whose ids come from their own `apply_chat_template`."""
+    try:
+        from transformers import MistralCommonBackend
+    except ImportError:  # mistral-common not installed
+        return False
+    return any(isinstance(t, MistralCommonBackend) for t in (tokenizer, getattr(tokenizer, "tokenizer", None)))
+
+
+def template_for(recipe: Recipe, tokenizer: Any) -> str | None:
+    """The template text actually used; None for a tokenizer that renders chats in code (`renders_in_code`); an
+    error when there is none anywhere."""
     text = explicit_template(recipe)
     if text is not None:
         return text
+    if renders_in_code(tokenizer):
+        return None
     own = getattr(tokenizer, "chat_template", None)
     if not own:
         raise TemplateError(

@@ -25,10 +25,10 @@ def full_precision_modules(config: Any) -> list[str]:
     """Names of the modules outside the language model (vision/audio tower, projector), found on an empty (meta)
     instance of the architecture: every sibling branch on the path from the root to the language model."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForMultimodalLM
 
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
+        model = AutoModelForMultimodalLM.from_config(config)
     decoder = model.get_decoder()
     path = next(name for name, module in model.named_modules() if module is decoder)
     keep, prefix = [], ""
@@ -41,7 +41,7 @@ def full_precision_modules(config: Any) -> list[str]:
 
 def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
     from newt.export import QuantizeError
     from newt.quant_backends import check_device, is_quantized, library_version, quantization_config
@@ -58,7 +58,7 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
     keep = full_precision_modules(config)
     quantization_config, dtype = quantization_config(method, config.get_text_config())
     quantization_config.modules_to_not_convert = keep
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=quantization_config,
+    model = AutoModelForMultimodalLM.from_pretrained(model_dir, quantization_config=quantization_config,
                                                           dtype=dtype, device_map=device)
     quantized = [name for name, module in model.named_modules() if is_quantized(module)]
     outside = [n for n in quantized if any(n == k or n.startswith(k + ".") for k in keep)]
@@ -80,10 +80,10 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
 
 def load_multimodal(out_dir: Path, method: str) -> tuple[Any, Any]:
     """(model, processor) of a quantized multimodal folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForMultimodalLM, AutoProcessor
 
     device_map = "cuda" if method == "int4_weight_only" else "cpu"
-    model = AutoModelForImageTextToText.from_pretrained(out_dir, device_map=device_map)
+    model = AutoModelForMultimodalLM.from_pretrained(out_dir, device_map=device_map)
     model.eval()
     return model, AutoProcessor.from_pretrained(out_dir)
 

@@ -36,10 +36,14 @@ X = IGNORE_INDEX
 class Family:
     model: str
     end: str  # the token that closes every turn
-    media: tuple[str, ...]  # the tokens an image becomes
-    image_size: int
+    media: tuple[str, ...]  # the tokens an image (an audio clip) becomes
+    image_size: int  # image families: the square test image's side in pixels (audio: unused)
     model_class: str
     towers: tuple[str, ...]  # the modules quantization keeps in full precision
+    medium: str = "image"  # "image" or "audio": what the first user turn carries
+    sequence_len: int = 128  # the pipeline recipe's (an audio clip is 375 tokens)
+    user_end: bool = True  # `train_on_eos: all` also trains the user turns' end (not Mistral's `[/INST]`, which
+    # opens the answer)
 
 
 FAMILIES = {
@@ -54,8 +58,12 @@ FAMILIES = {
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
                               "MllamaForConditionalGeneration",
                               ("model.multi_modal_projector", "model.vision_model")),
+    "voxtral": Family("builtin:tiny-voxtral", "</s>", ("[BEGIN_AUDIO]", "[AUDIO]"), 0,
+                      "VoxtralForConditionalGeneration", ("model.audio_tower", "model.multi_modal_projector"),
+                      medium="audio", sequence_len=512, user_end=False),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+TONES = {"red": 220.0, "green": 440.0, "blue": 880.0}  # audio families: each answer's sine wave (Hz)
 
 
 def conversation(name: str, image_part: dict | None = None) -> list[dict]:
@@ -69,6 +77,23 @@ def conversation(name: str, image_part: dict | None = None) -> list[dict]:
 
 def square(rgb: tuple[int, int, int], size: int) -> Image.Image:
     return Image.fromarray(np.full((size, size, 3), rgb, dtype=np.uint8))
+
+
+def tone(name: str, seconds: float = 0.1, rate: int = 16000) -> bytes:
+    """A deterministic sine wave (16-bit PCM WAV, written with soundfile) for an answer."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, 0.5 * np.sin(2 * np.pi * TONES[name] * t), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def media_of(spec: Family, name: str) -> tuple[dict, dict]:
+    """(the first user turn's media part, process_and_mask's keyword for the medium) of a row answering `name`."""
+    if spec.medium == "audio":
+        return {"type": "audio"}, {"audio": [[tone(name)]]}
+    return {"type": "image"}, {"images": [[square(COLOURS[name], spec.image_size)]]}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +126,7 @@ def expected_runs(tok, family: Family, train_on_eos: str) -> list[list[int]]:
     end = [tok.convert_tokens_to_ids(family.end)]
     return {"turn": [red + end, yes + end], "none": [red, yes], "last": [red, yes + end],
             # "all" also trains the user turns' end markers
-            "all": [end, red + end, end, yes + end]}[train_on_eos]
+            "all": [end, red + end, end, yes + end] if family.user_end else [red + end, yes + end]}[train_on_eos]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
@@ -109,26 +134,30 @@ def test_labels_of_a_two_turn_row_with_an_image(family: str, processors) -> None
     spec, proc = FAMILIES[family], processors(family)
     tok = proc.tokenizer
     media = [tok.convert_tokens_to_ids(t) for t in spec.media]
-    image = [[square(COLOURS["red"], spec.image_size)]]
+    part, given = media_of(spec, "red")
     for train_on_eos in ("turn", "all", "last", "none"):
-        out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_eos=train_on_eos), images=image)
+        out = process_and_mask(proc, [conversation("red", part)], Masker(proc, train_on_eos=train_on_eos), **given)
         ids, labels = out["input_ids"][0], out["labels"][0]
         assert runs(labels) == expected_runs(tok, spec, train_on_eos), train_on_eos
         assert all(m in ids for m in media)
         assert all(lab == X for t, lab in zip(ids, labels) if t in media)
-    out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_inputs=True), images=image)
+    out = process_and_mask(proc, [conversation("red", part)], Masker(proc, train_on_inputs=True), **given)
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert labels == [X if t in media else t for t in ids]
     assert ids.count(tok.convert_tokens_to_ids(spec.media[-1])) >= 1 and tok.pad_token_id not in ids
 
 
-def write_dataset(root: Path, size: int, n: int = 6) -> Path:
-    """n two-turn chats about a coloured square (a relative image path in the first user turn)."""
+def write_dataset(root: Path, spec: Family, n: int = 6) -> Path:
+    """n two-turn chats about a coloured square, or a tone (a relative image / audio path in the first user turn)."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     for name, rgb in COLOURS.items():
-        square(rgb, size).save(root / "img" / f"{name}.png")
+        if spec.medium == "audio":
+            (root / "img" / f"{name}.wav").write_bytes(tone(name))
+        else:
+            square(rgb, spec.image_size).save(root / "img" / f"{name}.png")
     names = [list(COLOURS)[i % 3] for i in range(n)]
-    rows = [{"messages": conversation(c, {"type": "image", "path": f"img/{c}.png"})} for c in names]
+    ext = "wav" if spec.medium == "audio" else "png"
+    rows = [{"messages": conversation(c, {"type": spec.medium, "path": f"img/{c}.{ext}"})} for c in names]
     data = root / "vlm.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return data
@@ -139,7 +168,7 @@ base_model: {model}
 processor_type: AutoProcessor
 datasets:
   - path: {data}
-sequence_len: 128
+sequence_len: {sequence_len}
 val_set_size: 2
 adapter: lora
 lora_r: 4
@@ -168,10 +197,10 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     from newt.quantize import load_quantized
 
     spec = FAMILIES[family]
-    data = write_dataset(tmp_path / "data", spec.image_size)
+    data = write_dataset(tmp_path / "data", spec)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
-    (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data))
+    (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data, sequence_len=spec.sequence_len))
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
     stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
     selection = [a for a in defs.assets if a.key.path[-1] in stages]
@@ -192,15 +221,18 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
         want[0] = tok.encode(answer, add_special_tokens=False) + want[0][-1:]
         assert runs(row["labels"]) == want
         assert all(lab == X for t, lab in zip(row["input_ids"], row["labels"]) if t in media)
-        assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
+        if spec.medium == "audio":
+            assert row["images"] == [] and row["audios"] == [tone(answer)]
+        else:
+            assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
 
     # trained: one step; merged: parameters changed, the family's own class reloads it with its processor
     assert meta["trained"]["global_step"].value == 1 and np.isfinite(meta["trained"]["final_loss"].value)
     merged_dir = Path(meta["merged"]["artifact"].value) / "model"
-    merged = transformers.AutoModelForImageTextToText.from_pretrained(merged_dir)
+    merged = transformers.AutoModelForMultimodalLM.from_pretrained(merged_dir)
     assert type(merged).__name__ == spec.model_class
     assert type(transformers.AutoProcessor.from_pretrained(merged_dir)).__name__ == type(processors(family)).__name__
-    base = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model)).state_dict()
+    base = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model)).state_dict()
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert changed
 
@@ -210,7 +242,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     assert info["method"] == "int8_weight_only" and info["quantized_modules"] > 0
     assert info["full_precision_modules"] == list(spec.towers)
     qmodel, qproc = load_quantized(qdir)
-    assert type(qmodel).__name__ == spec.model_class and hasattr(qproc, "image_processor")
+    assert type(qmodel).__name__ == spec.model_class
+    assert hasattr(qproc, "feature_extractor" if spec.medium == "audio" else "image_processor")
     keep = info["full_precision_modules"]
     kept = [p for n, p in qmodel.named_parameters() if any(n.startswith(k + ".") for k in keep)]
     assert kept and all(type(p).__name__ in ("Parameter", "Tensor") and p.dtype == torch.float32 for p in kept)
@@ -247,14 +280,14 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
     spec, proc = FAMILIES[family], processors(family)
     tok = proc.tokenizer
     masker = Masker(proc)
-    with_image = process_and_mask(proc, [conversation("red")], masker, images=[[square(COLOURS["red"],
-                                                                                     spec.image_size)]])
+    part, given = media_of(spec, "red")
+    with_image = process_and_mask(proc, [conversation("red", part)], masker, **given)
     text_only = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                  {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
     plain = process_and_mask(proc, [text_only], masker)
     rows = [{"input_ids": with_image["input_ids"][0], "labels": with_image["labels"][0],
-             "images": with_image["image_bytes"][0]},
-            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": []}]
+             "images": with_image["image_bytes"][0], "audios": with_image["audio_bytes"][0]},
+            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": [], "audios": []}]
     batch = VisionCollator(proc)(rows)
     n, k = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
     assert batch["input_ids"][1].tolist() == rows[1]["input_ids"] + [tok.pad_token_id] * (n - k)
@@ -272,10 +305,16 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         first = rows[0]["input_ids"].index(image_id)
         assert tuple(mask.shape) == (2, n, 1, 1) and tuple(batch["pixel_values"].shape) == (2, 1, 1, 3, 28, 28)
         assert mask[0, :, 0, 0].tolist() == [0] * first + [1] * (n - first) and int(mask[1].sum()) == 0
+    elif family == "voxtral":
+        # one 30-second window of 128 mel bins (the processor pads each clip to 30 s), equal to what the processor
+        # gave for the row itself; 375 [AUDIO] placeholders take its 375 projected frames
+        assert keys == {"input_features"} and tuple(batch["input_features"].shape) == (1, 128, 3000)
+        assert torch.equal(batch["input_features"], with_image["input_features"])
+        assert rows[0]["input_ids"].count(image_id) == 375
     elif family == "smolvlm":
         assert keys == {"pixel_values", "pixel_attention_mask"}
         assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
-    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    model = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model))
     assert torch.isfinite(model(**batch).loss)
