@@ -86,7 +86,10 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
     if (Path(tokenizer_source) / "processor_config.json").is_file():  # a vision-language model keeps its processor
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code)
+        from newt.models import tokenizer_kwargs
+
+        processor = AutoProcessor.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code,
+                                                  **tokenizer_kwargs(tokenizer_source))
         if chat_template is not None:
             processor.chat_template = chat_template
         processor.save_pretrained(str(out))

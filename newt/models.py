@@ -20,6 +20,7 @@ TOKENIZER_FILES = {
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json",
     "preprocessor_config.json", "processor_config.json", "generation_config.json",
 }
+MISTRAL_FILE = "tekken.json"  # mistral-common's tokenizer file
 
 
 class ModelNotFound(FileNotFoundError):
@@ -32,7 +33,7 @@ def resolve(name: str) -> str:
         return str(ensure_builtin(name.split(":", 1)[1]))
     if Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        if not any((path / f).is_file() for f in ("config.json", "tokenizer_config.json", MISTRAL_FILE)):
             raise ModelNotFound(f"base_model {name!r}: folder has no config.json or tokenizer_config.json")
         return str(path.resolve())
     return name
@@ -88,10 +89,21 @@ def weights_digest(name: str) -> dict[str, str]:
     return dir_digest(local_snapshot(name))
 
 
+def tokenizer_kwargs(folder: str | Path) -> dict[str, Any]:
+    """How transformers loads the tokenizer files of a folder: one holding mistral-common's tekken.json (Voxtral,
+    Mistral's own repositories) loads it with mistral-common even where no config.json names the model type (an
+    adapter folder), in agnostic mode: mistral-common validates requests for serving by default (the last message
+    must be the user's), and newt renders training rows, which end with the answer, as well as prompts."""
+    if (Path(folder) / MISTRAL_FILE).is_file():
+        return {"mistral_format": True, "mode": "agnostic"}
+    return {}
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
+    folder = str(local_snapshot(name))
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
 
 
 def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
@@ -107,14 +119,8 @@ def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_re
         hint = difflib.get_close_matches(processor_type, ["AutoProcessor", *names], n=1)
         raise ValueError(f"processor_type: {processor_type!r} is not a transformers processor class"
                          + (f"; did you mean {hint[0]!r}?" if hint else "; use AutoProcessor"))
-    from newt.templates import renders_in_code
-
     folder = str(local_snapshot(name))
-    processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    if renders_in_code(processor):
-        # mistral-common validates a request for serving by default (the last message must be the user's); newt
-        # renders training rows (ending with the answer) and prompts alike, so it loads it without that rule.
-        processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, mode="agnostic")
+    processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
     media = ("image_processor", "feature_extractor")
     if not hasattr(processor, "tokenizer") or not any(hasattr(processor, m) for m in media):
         raise ValueError(f"processor_type: {processor_type} loaded a {type(processor).__name__} for {name!r}, which "

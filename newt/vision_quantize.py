@@ -44,6 +44,7 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
     from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
     from newt.export import QuantizeError
+    from newt.models import tokenizer_kwargs
     from newt.quant_backends import check_device, is_quantized, library_version, quantization_config
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -66,7 +67,7 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
         raise QuantizeError(f"quantize method {method!r} on {architecture!r}: quantized {len(quantized)} layers, "
                             f"{len(outside)} of them outside the language model ({', '.join(outside[:3])})")
     model.save_pretrained(out_dir)
-    AutoProcessor.from_pretrained(model_dir).save_pretrained(out_dir)
+    AutoProcessor.from_pretrained(model_dir, **tokenizer_kwargs(model_dir)).save_pretrained(out_dir)
     return {
         "architecture": architecture,
         "quantized_modules": len(quantized),
@@ -82,10 +83,12 @@ def load_multimodal(out_dir: Path, method: str) -> tuple[Any, Any]:
     """(model, processor) of a quantized multimodal folder."""
     from transformers import AutoModelForMultimodalLM, AutoProcessor
 
+    from newt.models import tokenizer_kwargs
+
     device_map = "cuda" if method == "int4_weight_only" else "cpu"
     model = AutoModelForMultimodalLM.from_pretrained(out_dir, device_map=device_map)
     model.eval()
-    return model, AutoProcessor.from_pretrained(out_dir)
+    return model, AutoProcessor.from_pretrained(out_dir, **tokenizer_kwargs(out_dir))
 
 
 def method_of(out_dir: Path) -> str:
