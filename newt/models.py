@@ -107,7 +107,8 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
 
 
 def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
-    """A multimodal processor (tokenizer + image processor or audio feature extractor). `processor_type` is `AutoProcessor` or the name of a
+    """A multimodal processor (tokenizer + image processor or audio feature extractor). `processor_type` is
+    `AutoProcessor` or the name of a
     transformers processor class (Axolotl's key)."""
     import transformers
 

@@ -106,7 +106,8 @@ class RowProcessor:
             convs = [formats.to_conversation(row, self.spec, self.key_path, i, self.roles)
                      for row, i in zip(rows, indices)]
             out = self._process_media(convs, rows, indices)
-            all_ids, all_labels, images, audio = out["input_ids"], out["labels"], out["image_bytes"], out["audio_bytes"]
+            all_ids, all_labels = out["input_ids"], out["labels"]
+            images, audio = out["image_bytes"], out["audio_bytes"]
             from newt.masking.multimodal import without_media
 
             messages = [json.dumps(without_media(c), ensure_ascii=False) for c in convs]
@@ -177,8 +178,11 @@ class RowProcessor:
                     process_and_mask(self.tokenizer, [conv], self.masker, images=[per_row[r]] if per_row else None,
                                      base=self.image_base, audio=[per_clip[r]] if per_clip else None)
                 except Exception as row_exc:  # noqa: BLE001
+                    from newt.masking.multimodal import audio_refs
+
+                    media = "audio" if per_clip or _has_audio_parts(conv, audio_refs) else "images"
                     raise PrepareError(
-                        f"{self.key_path} ({self.spec.path}) row {i}: its images or audio could not be processed "
+                        f"{self.key_path} ({self.spec.path}) row {i}: its {media} could not be processed "
                         f"({type(row_exc).__name__}: {row_exc}); image parts take `image`/`path`/`url`/`base64` and "
                         f"audio parts (`{{\"type\": \"audio\"}}`) `audio`/`path`/`url`/`base64`, or the row's "
                         f"`images` / `audios` column fills parts without one (relative paths are read from "
@@ -224,6 +228,13 @@ class RowProcessor:
             ids_out.append(ids)
             labels_out.append(labels)
         return ids_out, labels_out
+
+
+def _has_audio_parts(conv: list[dict], audio_refs: Any) -> bool:
+    try:
+        return bool(audio_refs(conv))
+    except ValueError:  # an audio part with nothing to fill it: an audio row
+        return True
 
 
 def media_column(rows: list[dict], names: tuple[str, ...]) -> list[list] | None:

@@ -72,14 +72,14 @@ def score(model: Any, processor: Any, rows: list[dict], recipe: Recipe, template
         for r in rows:
             conv = json.loads(r["messages"])
             if template is None:  # the processor renders chats itself (mistral-common): the prompt's media as bytes
-                enc = processor.apply_chat_template(with_media(conv[:-1], r.get("images") or [], r.get("audios") or []),
-                                                    tokenize=True, return_dict=True)
+                prompt = with_media(conv[:-1], r.get("images") or [], r.get("audios") or [])
+                enc = processor.apply_chat_template(prompt, tokenize=True, return_dict=True)
             else:
                 prompt = processor.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
                                                        add_generation_prompt=True)
                 # The prompt's image parts are the row's first images (the answer carries none).
-                n_prompt = sum(1 for m in conv[:-1] if isinstance(m.get("content"), list)
-                               for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image", "image_url"))
+                n_prompt = sum(1 for m in conv[:-1] if isinstance(m.get("content"), list) for p in m["content"]
+                               if isinstance(p, dict) and p.get("type") in ("image", "image_url"))
                 images = [Image.open(io.BytesIO(b)).convert("RGB") for b in (r.get("images") or [])[:n_prompt]]
                 kwargs = {"text": [prompt], "add_special_tokens": False, "return_tensors": "pt"}
                 if images:

@@ -258,6 +258,23 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     assert all(np.isfinite(scores[v]["loss"]) and scores[v]["rows"] == 2 for v in generations)
 
 
+def test_audio_files_enter_the_prepared_key_by_their_bytes(tmp_path: Path) -> None:
+    """An audio file named by path is keyed by its bytes: replacing it in place changes the `prepared` key (and
+    only that: the dataset stage reads the JSON Lines, whose text did not change)."""
+    from newt.config import parse_recipe
+    from newt.pipeline import plan
+
+    data = write_dataset(tmp_path / "data", FAMILIES["voxtral"])
+    recipe = parse_recipe(RECIPE.format(model="builtin:tiny-voxtral", data=data, sequence_len=512))
+    before = plan(recipe, ("prepared",))
+    (tmp_path / "data" / "img" / "red.wav").write_bytes(tone("green"))
+    after = plan(recipe, ("prepared",))
+    assert before["dataset"].key == after["dataset"].key and before["prepared"].key != after["prepared"].key
+    files = after["prepared"].inputs["external"]["image_files"][0]
+    assert set(files) == {"img/red.wav", "img/green.wav", "img/blue.wav"}
+    assert files["img/red.wav"] == files["img/green.wav"]
+
+
 def test_vlm_quantize_takes_torchao_methods_only(tmp_path: Path) -> None:
     from newt.models import local_snapshot
     from newt.quantize import QuantizeError, quantize

@@ -237,7 +237,7 @@ def local_image_digests(dataset_path: str, base: str) -> dict[str, str]:
 
 
 def _image_paths(path: Any) -> list[str]:
-    """The local image paths a dataset file's rows name, cached by the file's content digest."""
+    """The local image and audio paths a dataset file's rows name, cached by the file's content digest."""
     import json
     import os
 

@@ -1,14 +1,15 @@
-"""Voxtral (mistralai/Voxtral-Mini-3B-2507): Whisper-style audio encoder → 4 frames stacked per token → projector →
-Llama text model. The chat format is mistral-common's V7 instruct tokenizer (a tekken tokenizer; mistral-common uses
-no Jinja template): `<s>[INST][BEGIN_AUDIO][AUDIO]×n text[/INST]answer</s>[INST]…`, each audio padded to 30-second
-chunks of 375 `[AUDIO]` tokens (12.5 tokens a second). The processor is transformers' `VoxtralProcessor`: a
-`WhisperFeatureExtractor` (128 mel bins) and the tekken tokenizer through `MistralCommonBackend`.
+"""Voxtral (mistralai/Voxtral-Mini-3B-2507): Whisper-style audio encoder → 4 frames stacked per token →
+projector → Llama text model. The chat format is mistral-common's V7 instruct tokenizer (a tekken tokenizer;
+mistral-common uses no Jinja template): `<s>[INST][BEGIN_AUDIO][AUDIO]×n text[/INST]answer</s>[INST]…`, each clip
+padded to 30-second chunks of 375 `[AUDIO]` tokens (12.5 tokens a second). The processor is transformers'
+`VoxtralProcessor`: a `WhisperFeatureExtractor` (128 mel bins) and the tekken tokenizer through
+`MistralCommonBackend`.
 
-The tekken file is tiny: the 256 byte tokens (no merges) after mistral-common's 1000 special tokens, with Voxtral's
-ranks for the tokens it uses (`[AUDIO]` 24 — `VoxtralProcessor` fixes that id —, `[BEGIN_AUDIO]` 25, `[TRANSCRIBE]` 34;
-0–19 are mistral-common's `Tekkenizer.DEPRECATED_SPECIAL_TOKENS`, the others its `<SPECIAL_{id}>` fillers) and the
-audio section of Voxtral's tekken.json (16 kHz, 12.5 frames a second, 128 mel bins, hop 160, window 400, 30 s
-chunks)."""
+The tekken file is tiny: the 256 byte tokens (no merges) after mistral-common's 1000 special tokens, with
+Voxtral's ranks for the tokens it uses (`[AUDIO]` 24, which `VoxtralProcessor` fixes; `[BEGIN_AUDIO]` 25;
+`[TRANSCRIBE]` 34; 0–19 are mistral-common's `Tekkenizer.DEPRECATED_SPECIAL_TOKENS`, the others its
+`<SPECIAL_{id}>` fillers) and the audio section of Voxtral's tekken.json (16 kHz, 12.5 frames a second, 128 mel
+bins, hop 160, window 400, 30 s chunks)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def tekken(path: Path) -> None:
     pattern = json.loads(shipped.read_text())["config"]["pattern"]
     special = [{"rank": i, "token_str": NAMED.get(i, f"<SPECIAL_{i}>"), "is_control": True}
                for i in range(max(NAMED) + 1)]  # mistral-common fills the rest up to NUM_SPECIAL
-    vocab = [{"rank": b, "token_bytes": base64.b64encode(bytes([b])).decode(), "token_str": bytes([b]).decode("latin-1")}
-             for b in range(256)]
+    vocab = [{"rank": b, "token_bytes": base64.b64encode(bytes([b])).decode(),
+              "token_str": bytes([b]).decode("latin-1")} for b in range(256)]
     config = {"pattern": pattern, "num_vocab_tokens": 256, "default_vocab_size": NUM_SPECIAL + 256,
               "default_num_special_tokens": NUM_SPECIAL, "version": "v7"}
     path.write_text(json.dumps({"config": config, "vocab": vocab, "special_tokens": special, "audio": AUDIO}))
