@@ -21,6 +21,7 @@ TOKENIZER_FILES = {
     "preprocessor_config.json", "processor_config.json", "generation_config.json",
 }
 MISTRAL_FILE = "tekken.json"  # mistral-common's tokenizer file
+AGNOSTIC = "agnostic"  # mistral-common's validation mode that accepts training rows and prompts alike
 
 
 class ModelNotFound(FileNotFoundError):
@@ -90,26 +91,38 @@ def weights_digest(name: str) -> dict[str, str]:
 
 
 def tokenizer_kwargs(folder: str | Path) -> dict[str, Any]:
-    """How transformers loads the tokenizer files of a folder: one holding mistral-common's tekken.json (Voxtral,
-    Mistral's own repositories) loads it with mistral-common even where no config.json names the model type (an
-    adapter folder), in agnostic mode: mistral-common validates requests for serving by default (the last message
-    must be the user's), and newt renders training rows, which end with the answer, as well as prompts."""
-    if (Path(folder) / MISTRAL_FILE).is_file():
-        return {"mistral_format": True, "mode": "agnostic"}
+    """How transformers loads the tokenizer files of a folder: one holding only mistral-common's tekken.json
+    (Voxtral; newt's adapter folders of it, where no config.json names the model type) loads with mistral-common,
+    in agnostic mode: mistral-common validates requests for serving by default (the last message must be the
+    user's), and newt renders training rows, which end with the answer, as well as prompts."""
+    folder = Path(folder)
+    if (folder / MISTRAL_FILE).is_file() and not (folder / "tokenizer_config.json").is_file():
+        return {"mistral_format": True, "mode": AGNOSTIC}
     return {}
+
+
+def _from_pretrained(cls: Any, folder: str, trust_remote_code: bool) -> Any:
+    """`cls.from_pretrained(folder)`; a mistral-common tokenizer transformers chose by itself (a folder with both
+    tekken.json and tokenizer_config.json) is loaded again in agnostic mode (`tokenizer_kwargs`)."""
+    from newt.masking.boundaries import text_tokenizer
+    from newt.templates import renders_in_code
+
+    loaded = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
+    mode = getattr(text_tokenizer(loaded), "mode", None)
+    if renders_in_code(loaded) and getattr(mode, "name", mode) != AGNOSTIC:
+        loaded = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, mode=AGNOSTIC)
+    return loaded
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    folder = str(local_snapshot(name))
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
+    return _from_pretrained(AutoTokenizer, str(local_snapshot(name)), trust_remote_code)
 
 
 def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
     """A multimodal processor (tokenizer + image processor or audio feature extractor). `processor_type` is
-    `AutoProcessor` or the name of a
-    transformers processor class (Axolotl's key)."""
+    `AutoProcessor` or the name of a transformers processor class (Axolotl's key)."""
     import transformers
 
     cls = getattr(transformers, processor_type, None)
@@ -120,13 +133,12 @@ def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_re
         hint = difflib.get_close_matches(processor_type, ["AutoProcessor", *names], n=1)
         raise ValueError(f"processor_type: {processor_type!r} is not a transformers processor class"
                          + (f"; did you mean {hint[0]!r}?" if hint else "; use AutoProcessor"))
-    folder = str(local_snapshot(name))
-    processor = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
+    processor = _from_pretrained(cls, str(local_snapshot(name)), trust_remote_code)
     media = ("image_processor", "feature_extractor")
     if not hasattr(processor, "tokenizer") or not any(hasattr(processor, m) for m in media):
         raise ValueError(f"processor_type: {processor_type} loaded a {type(processor).__name__} for {name!r}, which "
                          f"has no tokenizer + image processor (or audio feature extractor) pair; this model is not a "
-                         f"vision- or audio-language model, so remove processor_type")
+                         f"vision-language model, so remove processor_type")
     return processor
 
 

@@ -69,10 +69,16 @@ def template_for(recipe: Recipe, tokenizer: Any) -> str | None:
     """The template text actually used; None for a tokenizer that renders chats in code (`renders_in_code`); an
     error when there is none anywhere."""
     text = explicit_template(recipe)
+    if renders_in_code(tokenizer):
+        if text is not None:
+            raise TemplateError(
+                f"chat_template: the tokenizer of {recipe.tokenizer_config or recipe.base_model!r} is mistral-common's, "
+                f"which renders chats in code and applies no Jinja template; remove chat_template / "
+                f"chat_template_jinja (the model's own format is used)"
+            )
+        return None
     if text is not None:
         return text
-    if renders_in_code(tokenizer):
-        return None
     own = getattr(tokenizer, "chat_template", None)
     if not own:
         raise TemplateError(

@@ -81,14 +81,14 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
 
 def load_multimodal(out_dir: Path, method: str) -> tuple[Any, Any]:
     """(model, processor) of a quantized multimodal folder."""
-    from transformers import AutoModelForMultimodalLM, AutoProcessor
+    from transformers import AutoModelForMultimodalLM
 
-    from newt.models import tokenizer_kwargs
+    from newt.models import load_processor
 
     device_map = "cuda" if method == "int4_weight_only" else "cpu"
     model = AutoModelForMultimodalLM.from_pretrained(out_dir, device_map=device_map)
     model.eval()
-    return model, AutoProcessor.from_pretrained(out_dir, **tokenizer_kwargs(out_dir))
+    return model, load_processor(str(out_dir))
 
 
 def method_of(out_dir: Path) -> str:

@@ -335,3 +335,17 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     model = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model))
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_a_jinja_template_is_refused_for_a_tokenizer_that_renders_chats_itself() -> None:
+    """Voxtral's mistral-common tokenizer applies no Jinja template: a recipe naming one is told so, instead of
+    training on a format the processor never produces."""
+    from newt.config import parse_recipe
+    from newt.models import load_processor
+    from newt.templates import TemplateError, template_for
+
+    proc = load_processor("builtin:tiny-voxtral")
+    recipe = parse_recipe(RECIPE.format(model="builtin:tiny-voxtral", data="x.jsonl", sequence_len=512))
+    assert template_for(recipe, proc) is None
+    with pytest.raises(TemplateError, match="mistral-common's, which renders chats in code.*remove chat_template"):
+        template_for(recipe.model_copy(update={"chat_template": "gemma3"}), proc)
