@@ -1,6 +1,7 @@
 """The `merged` stage: adapter + base model → one safetensors folder with the tokenizer, chat template and
 generation config beside the weights (and the processor, for a vision-language model). The result loads with plain
-`AutoModelForCausalLM.from_pretrained(folder)` (`AutoModelForImageTextToText` for a VLM), no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
+`AutoModelForCausalLM.from_pretrained(folder)` (`AutoModelForMultimodalLM` for a vision- or audio-language model),
+no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
 
 - LoRA: the base is loaded in `merge.dtype`, the adapter merged into it (`merge_and_unload`) and saved.
 - QLoRA: the adapter was trained against the base as bitsandbytes NF4 saw it, not against the original weights. The

@@ -58,11 +58,14 @@ def explicit_template(recipe: Recipe) -> str | None:
 def renders_in_code(tokenizer: Any) -> bool:
     """Whether the tokenizer (or a processor's) renders chats in code, with no Jinja template: mistral-common's
     tokenizers (`MistralCommonBackend`, Voxtral's), whose ids come from their own `apply_chat_template`."""
-    try:
-        from transformers import MistralCommonBackend
-    except ImportError:  # mistral-common not installed
+    import sys
+
+    # No instance exists unless its module was imported; looking it up instead of importing it spares every text
+    # recipe mistral-common's import.
+    module = sys.modules.get("transformers.tokenization_mistral_common")
+    if module is None:
         return False
-    return any(isinstance(t, MistralCommonBackend) for t in (tokenizer, getattr(tokenizer, "tokenizer", None)))
+    return any(isinstance(t, module.MistralCommonBackend) for t in (tokenizer, getattr(tokenizer, "tokenizer", None)))
 
 
 def template_for(recipe: Recipe, tokenizer: Any) -> str | None:

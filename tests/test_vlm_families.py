@@ -1,7 +1,7 @@
 """Every vision-language family newt builds a tiny model for (`builtin:tiny-<family>`, newt/tiny_vlm/) masks,
 trains, merges, quantizes and evaluates through the assets.
 
-Per family: the exact labels of a two-turn row with an image for each `train_on_eos` and for `train_on_inputs`
+Per family: the exact labels of a two-turn row with an image (Voxtral: an audio clip) for each `train_on_eos` and for `train_on_inputs`
 (the processor expands the image, the same scanner labels the ids, every media id is -100), then one recipe through
 dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer step that changes
 parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
