@@ -1,6 +1,7 @@
 """The `merged` stage: adapter + base model → one safetensors folder with the tokenizer, chat template and
 generation config beside the weights (and the processor, for a vision-language model). The result loads with plain
-`AutoModelForCausalLM.from_pretrained(folder)` (`AutoModelForImageTextToText` for a VLM), no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
+`AutoModelForCausalLM.from_pretrained(folder)` (`AutoModelForMultimodalLM` for a vision- or audio-language model),
+no PEFT needed, and is what the quantize/export outputs and the evaluation start from.
 
 - LoRA: the base is loaded in `merge.dtype`, the adapter merged into it (`merge_and_unload`) and saved.
 - QLoRA: the adapter was trained against the base as bitsandbytes NF4 saw it, not against the original weights. The
@@ -86,7 +87,10 @@ def merge(base_model: str, trained: Path, out: Path, *, dtype: str = "float32", 
     if (Path(tokenizer_source) / "processor_config.json").is_file():  # a vision-language model keeps its processor
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code)
+        from newt.models import tokenizer_kwargs
+
+        processor = AutoProcessor.from_pretrained(str(tokenizer_source), trust_remote_code=trust_remote_code,
+                                                  **tokenizer_kwargs(tokenizer_source))
         if chat_template is not None:
             processor.chat_template = chat_template
         processor.save_pretrained(str(out))

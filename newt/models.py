@@ -20,6 +20,8 @@ TOKENIZER_FILES = {
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json",
     "preprocessor_config.json", "processor_config.json", "generation_config.json",
 }
+MISTRAL_FILE = "tekken.json"  # mistral-common's tokenizer file
+AGNOSTIC = "agnostic"  # mistral-common's validation mode that accepts training rows and prompts alike
 
 
 class ModelNotFound(FileNotFoundError):
@@ -32,7 +34,7 @@ def resolve(name: str) -> str:
         return str(ensure_builtin(name.split(":", 1)[1]))
     if Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        if not any((path / f).is_file() for f in ("config.json", "tokenizer_config.json", MISTRAL_FILE)):
             raise ModelNotFound(f"base_model {name!r}: folder has no config.json or tokenizer_config.json")
         return str(path.resolve())
     return name
@@ -88,15 +90,39 @@ def weights_digest(name: str) -> dict[str, str]:
     return dir_digest(local_snapshot(name))
 
 
+def tokenizer_kwargs(folder: str | Path) -> dict[str, Any]:
+    """How transformers loads the tokenizer files of a folder: one holding only mistral-common's tekken.json
+    (Voxtral; newt's adapter folders of it, where no config.json names the model type) loads with mistral-common,
+    in agnostic mode: mistral-common validates requests for serving by default (the last message must be the
+    user's), and newt renders training rows, which end with the answer, as well as prompts."""
+    folder = Path(folder)
+    if (folder / MISTRAL_FILE).is_file() and not (folder / "tokenizer_config.json").is_file():
+        return {"mistral_format": True, "mode": AGNOSTIC}
+    return {}
+
+
+def _from_pretrained(cls: Any, folder: str, trust_remote_code: bool) -> Any:
+    """`cls.from_pretrained(folder)`; a mistral-common tokenizer transformers chose by itself (a folder with both
+    tekken.json and tokenizer_config.json) is loaded again in agnostic mode (`tokenizer_kwargs`)."""
+    from newt.masking.boundaries import text_tokenizer
+    from newt.templates import renders_in_code
+
+    loaded = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, **tokenizer_kwargs(folder))
+    mode = getattr(text_tokenizer(loaded), "mode", None)
+    if renders_in_code(loaded) and getattr(mode, "name", mode) != AGNOSTIC:
+        loaded = cls.from_pretrained(folder, trust_remote_code=trust_remote_code, mode=AGNOSTIC)
+    return loaded
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
+    return _from_pretrained(AutoTokenizer, str(local_snapshot(name)), trust_remote_code)
 
 
 def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_remote_code: bool = False) -> Any:
-    """A multimodal processor (tokenizer + image processor). `processor_type` is `AutoProcessor` or the name of a
-    transformers processor class (Axolotl's key)."""
+    """A multimodal processor (tokenizer + image processor or audio feature extractor). `processor_type` is
+    `AutoProcessor` or the name of a transformers processor class (Axolotl's key)."""
     import transformers
 
     cls = getattr(transformers, processor_type, None)
@@ -107,21 +133,23 @@ def load_processor(name: str, processor_type: str = "AutoProcessor", *, trust_re
         hint = difflib.get_close_matches(processor_type, ["AutoProcessor", *names], n=1)
         raise ValueError(f"processor_type: {processor_type!r} is not a transformers processor class"
                          + (f"; did you mean {hint[0]!r}?" if hint else "; use AutoProcessor"))
-    processor = cls.from_pretrained(str(local_snapshot(name)), trust_remote_code=trust_remote_code)
-    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+    processor = _from_pretrained(cls, str(local_snapshot(name)), trust_remote_code)
+    media = ("image_processor", "feature_extractor")
+    if not hasattr(processor, "tokenizer") or not any(hasattr(processor, m) for m in media):
         raise ValueError(f"processor_type: {processor_type} loaded a {type(processor).__name__} for {name!r}, which "
-                         f"has no tokenizer + image processor pair; this model is not a vision-language model, so "
-                         f"remove processor_type")
+                         f"has no tokenizer + image processor (or audio feature extractor) pair; this model is not a "
+                         f"vision-language model, so remove processor_type")
     return processor
 
 
 def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
-    """AutoModelForCausalLM, or AutoModelForImageTextToText for a vision-language model (LLaVA, Qwen2-VL, ...)
-    whose configuration has no causal-LM class."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    """AutoModelForCausalLM, or AutoModelForMultimodalLM for a vision- or audio-language model (LLaVA, Qwen2-VL,
+    Voxtral, ...) whose configuration has no causal-LM class. (transformers' multimodal-LM mapping holds every
+    image-text-to-text architecture and the audio-text ones.)"""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
     )
 
     folder = local_snapshot(name)
@@ -134,10 +162,10 @@ def auto_model_class(name: str, *, trust_remote_code: bool = False) -> Any:
     # A folder with a processor is a vision-language checkpoint even where the causal-LM mapping also names the
     # model type (Mllama's maps to the text-only MllamaForCausalLM, which would drop the vision tower).
     multimodal = any((folder / f).is_file() for f in ("processor_config.json", "preprocessor_config.json"))
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and (
+    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES and (
         multimodal or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     ):
-        return AutoModelForImageTextToText
+        return AutoModelForMultimodalLM
     return AutoModelForCausalLM
 
 

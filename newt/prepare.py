@@ -102,6 +102,7 @@ def build(run: StageRun) -> dict[str, Any]:
             raise PrepareError(
                 f"val_set_size {recipe.val_set_size} leaves no training rows out of {len(order)}; lower it")
         out_cols = ["input_ids", "labels", "messages", "source"] + (["images"] if recipe.processor_type else [])
+        out_cols += ["audios"] if "audios" in merged.column_names else []
         lengths, supervised = column(merged, "length"), column(merged, "supervised")
         splits = {"train": (merged, order[n_val:], out_cols)}
         if recipe.sample_packing:

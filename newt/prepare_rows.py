@@ -39,7 +39,7 @@ def masker_for(recipe: Recipe, spec: DatasetSpec, tokenizer: Any, template: str)
     return masker
 
 
-def features(dedup: bool, multimodal: bool = False):
+def features(dedup: bool, multimodal: bool = False, audio: bool = False):
     import datasets
 
     cols = {
@@ -56,7 +56,14 @@ def features(dedup: bool, multimodal: bool = False):
         cols["digest"] = datasets.Value("binary")
     if multimodal:  # each row's images, encoded, in the order of its media placeholders
         cols["images"] = datasets.List(datasets.Value("binary"))
+    if audio:  # each row's audio, encoded (a processor with an audio feature extractor)
+        cols["audios"] = datasets.List(datasets.Value("binary"))
     return datasets.Features(cols)
+
+
+def has_audio(processor: Any) -> bool:
+    """Whether a multimodal processor takes audio (has a feature extractor): its prepared rows carry `audios`."""
+    return getattr(processor, "feature_extractor", None) is not None
 
 
 class RowProcessor:
@@ -94,12 +101,13 @@ class RowProcessor:
         n = len(indices)
         indices = [self.offset + i for i in indices]
         rows = [{k: batch[k][r] for k in batch} for r in range(n)]
-        images = None
+        images = audio = None
         if self.multimodal:
             convs = [formats.to_conversation(row, self.spec, self.key_path, i, self.roles)
                      for row, i in zip(rows, indices)]
             out = self._process_media(convs, rows, indices)
-            all_ids, all_labels, images = out["input_ids"], out["labels"], out["image_bytes"]
+            all_ids, all_labels = out["input_ids"], out["labels"]
+            images, audio = out["image_bytes"], out["audio_bytes"]
             from newt.masking.multimodal import without_media
 
             messages = [json.dumps(without_media(c), ensure_ascii=False) for c in convs]
@@ -140,8 +148,9 @@ class RowProcessor:
             cols["supervised"].append(len(labels) - labels.count(IGNORE))
             if self.dedup:
                 h = hashlib.blake2b(np.asarray(ids + [-1] + labels, dtype=np.int64).tobytes(), digest_size=16)
-                for image in images[r] if images is not None else ():  # same text, other picture: not a duplicate
-                    h.update(hashlib.blake2b(image, digest_size=16).digest())
+                media = [*images[r], *audio[r]] if images is not None else []
+                for item in media:  # same text, other picture or sound: not a duplicate
+                    h.update(hashlib.blake2b(item, digest_size=16).digest())
                 digests.append(h.digest())
         cols["messages"] = messages
         cols["source"] = [self.index] * n
@@ -149,6 +158,8 @@ class RowProcessor:
             cols["digest"] = digests
         if images is not None:
             cols["images"] = [imgs if s == KEPT else [] for imgs, s in zip(images, cols["status"])]
+        if audio is not None and has_audio(self.tokenizer):
+            cols["audios"] = [clips if s == KEPT else [] for clips, s in zip(audio, cols["status"])]
         return cols
 
     def _process_media(self, convs: list[list[dict]], rows: list[dict], indices: list[int]) -> dict[str, Any]:
@@ -156,22 +167,25 @@ class RowProcessor:
         labels the expanded ids (newt.masking.multimodal). A bad image reference names its row."""
         from newt.masking.multimodal import process_and_mask
 
-        column = next((c for c in ("images", "image") if rows and c in rows[0]), None)
-        per_row = None
-        if column:  # a list of images per row, or one image, or nothing
-            per_row = [v if isinstance(v, list) else [] if v is None else [v] for v in (r[column] for r in rows)]
+        per_row = media_column(rows, ("images", "image"))
+        per_clip = media_column(rows, ("audios", "audio"))
         try:
-            return process_and_mask(self.tokenizer, convs, self.masker, images=per_row, base=self.image_base)
+            return process_and_mask(self.tokenizer, convs, self.masker, images=per_row, base=self.image_base,
+                                    audio=per_clip)
         except Exception as exc:  # noqa: BLE001 - find the row: a missing file, a bad URL, a template error
             for r, (conv, i) in enumerate(zip(convs, indices)):
                 try:
                     process_and_mask(self.tokenizer, [conv], self.masker, images=[per_row[r]] if per_row else None,
-                                     base=self.image_base)
+                                     base=self.image_base, audio=[per_clip[r]] if per_clip else None)
                 except Exception as row_exc:  # noqa: BLE001
+                    from newt.masking.multimodal import audio_refs
+
+                    media = "audio" if per_clip or _has_audio_parts(conv, audio_refs) else "images"
                     raise PrepareError(
-                        f"{self.key_path} ({self.spec.path}) row {i}: its images could not be processed "
-                        f"({type(row_exc).__name__}: {row_exc}); image parts take `image`/`path`/`url`/`base64`, "
-                        f"or the row's `images` column fills parts without one (relative paths are read from "
+                        f"{self.key_path} ({self.spec.path}) row {i}: its {media} could not be processed "
+                        f"({type(row_exc).__name__}: {row_exc}); image parts take `image`/`path`/`url`/`base64` and "
+                        f"audio parts (`{{\"type\": \"audio\"}}`) `audio`/`path`/`url`/`base64`, or the row's "
+                        f"`images` / `audios` column fills parts without one (relative paths are read from "
                         f"{self.image_base})"
                     ) from None
             raise exc
@@ -216,6 +230,22 @@ class RowProcessor:
         return ids_out, labels_out
 
 
+def _has_audio_parts(conv: list[dict], audio_refs: Any) -> bool:
+    try:
+        return bool(audio_refs(conv))
+    except ValueError:  # an audio part with nothing to fill it: an audio row
+        return True
+
+
+def media_column(rows: list[dict], names: tuple[str, ...]) -> list[list] | None:
+    """Each row's entries of its media column (the first of `names` the rows have): a list per row, or one
+    entry, or nothing; None when the rows have no such column."""
+    column = next((c for c in names if rows and c in rows[0]), None)
+    if column is None:
+        return None
+    return [v if isinstance(v, list) else [] if v is None else [v] for v in (r[column] for r in rows)]
+
+
 def image_base(dataset_path: str) -> str:
     """Where relative image paths of a dataset are read from: the dataset file's folder (or the folder itself)."""
     if "://" in dataset_path:
@@ -237,7 +267,9 @@ def tokenize_source(raw, recipe: Recipe, spec: DatasetSpec, index: int, tokenize
 
     check_columns(raw.column_names, spec, f"datasets[{index}]")
     processor = processor or RowProcessor(recipe, spec, index, tokenizer, template)
-    features_ = features(recipe.dataset_exact_deduplication, multimodal=recipe.processor_type is not None)
+    multimodal = recipe.processor_type is not None
+    features_ = features(recipe.dataset_exact_deduplication, multimodal=multimodal,
+                         audio=multimodal and has_audio(tokenizer))
     n, outs = len(raw), []
     for w, start in enumerate(range(0, max(n, 1), WINDOW)):
         rows = reopen(raw)

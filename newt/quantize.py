@@ -55,6 +55,7 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "added_tokens.json",
+    "tekken.json",  # mistral-common's tokenizer (Voxtral)
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
 

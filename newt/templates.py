@@ -55,9 +55,31 @@ def explicit_template(recipe: Recipe) -> str | None:
     return path.read_text(encoding="utf-8")
 
 
-def template_for(recipe: Recipe, tokenizer: Any) -> str:
-    """The template text actually used; an error when there is none anywhere."""
+def renders_in_code(tokenizer: Any) -> bool:
+    """Whether the tokenizer (or a processor's) renders chats in code, with no Jinja template: mistral-common's
+    tokenizers (`MistralCommonBackend`, Voxtral's), whose ids come from their own `apply_chat_template`."""
+    import sys
+
+    # No instance exists unless its module was imported; looking it up instead of importing it spares every text
+    # recipe mistral-common's import.
+    module = sys.modules.get("transformers.tokenization_mistral_common")
+    if module is None:
+        return False
+    return any(isinstance(t, module.MistralCommonBackend) for t in (tokenizer, getattr(tokenizer, "tokenizer", None)))
+
+
+def template_for(recipe: Recipe, tokenizer: Any) -> str | None:
+    """The template text actually used; None for a tokenizer that renders chats in code (`renders_in_code`); an
+    error when there is none anywhere."""
     text = explicit_template(recipe)
+    if renders_in_code(tokenizer):
+        if text is not None:
+            raise TemplateError(
+                f"chat_template: the tokenizer of {recipe.tokenizer_config or recipe.base_model!r} is mistral-common's, "
+                f"which renders chats in code and applies no Jinja template; remove chat_template / "
+                f"chat_template_jinja (the model's own format is used)"
+            )
+        return None
     if text is not None:
         return text
     own = getattr(tokenizer, "chat_template", None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from newt.config import Recipe
+from newt.masking.boundaries import text_tokenizer
 
 ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -28,7 +29,7 @@ def apply_tokens(recipe: Recipe, tokenizer: Any) -> list[int]:
     `tokenizer` may be a multimodal processor (its text tokenizer is changed)."""
     if not wants_changes(recipe):
         return []
-    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    tok = text_tokenizer(tokenizer)
     before = len(tok)
     st = recipe.special_tokens
     specials: dict[str, Any] = {r: getattr(st, r) for r in ROLES if getattr(st, r)}
@@ -48,7 +49,7 @@ def resize_model(model: Any, tokenizer: Any, *, multiple: int | None = None) -> 
     """Grow the model's embeddings (and tied/untied output head) to the tokenizer's vocabulary when it is larger,
     or to the next multiple of `multiple` rows (Axolotl's resize_token_embeddings_to_32x). New rows start as
     transformers initialises them without mean resizing (Axolotl's default)."""
-    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    tok = text_tokenizer(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tok) > rows or (multiple and rows % multiple):
         model.resize_token_embeddings(max(len(tok), rows), pad_to_multiple_of=multiple, mean_resizing=False)
@@ -68,7 +69,7 @@ def check_turn_ends(recipe: Recipe, boundaries: Any, tokenizer: Any) -> None:
     stage with the fix, instead of training on other markers than the recipe says."""
     if not recipe.eot_tokens or not boundaries:
         return
-    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    tok = text_tokenizer(tokenizer)
     eot = {tuple(tok.convert_tokens_to_ids([t])) for t in recipe.eot_tokens}
     wrong = sorted({b.role for b in boundaries if b.end and tuple(b.end) not in eot})
     if wrong:

@@ -1,5 +1,5 @@
 """Evaluation of a multimodal recipe (`processor_type`): the same metrics as text recipes (`newt.evaluate`), on
-held-out rows *with their images*.
+held-out rows *with their images* (or audio).
 
 - `loss` / `perplexity`: teacher forced on the prepared rows' supervised tokens, batched by the training collator
   (`newt.train.collate.VisionCollator`), so the model sees exactly the pixels and token types training gave it;
@@ -40,14 +40,15 @@ def load_variant(variant: str, run: StageRun) -> tuple[Any, Any]:
     return load_quantized(Path(run.upstream[variant]) / "model")
 
 
-def score(model: Any, processor: Any, rows: list[dict], recipe: Recipe, template: str,
+def score(model: Any, processor: Any, rows: list[dict], recipe: Recipe, template: str | None,
           batch_size: int = 8) -> tuple[dict, list[str]]:
-    """(metrics, the generated answer of each row)."""
+    """(metrics, the generated answer of each row). `template` None: the processor renders chats itself."""
     import torch
     from PIL import Image
 
     from newt.eval.answers import answer_scores
     from newt.masking.audit import message_text
+    from newt.masking.multimodal import with_media
     from newt.train.collate import VisionCollator
 
     model.eval()
@@ -70,16 +71,20 @@ def score(model: Any, processor: Any, rows: list[dict], recipe: Recipe, template
             total_tokens += int((shift_labels != IGNORE_INDEX).sum())
         for r in rows:
             conv = json.loads(r["messages"])
-            prompt = processor.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
-                                                   add_generation_prompt=True)
-            # The prompt's image parts are the row's first images (the answer carries none).
-            n_prompt = sum(1 for m in conv[:-1] if isinstance(m.get("content"), list)
-                           for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image", "image_url"))
-            images = [Image.open(io.BytesIO(b)).convert("RGB") for b in (r.get("images") or [])[:n_prompt]]
-            kwargs = {"text": [prompt], "add_special_tokens": False, "return_tensors": "pt"}
-            if images:
-                kwargs["images"] = [images]
-            enc = processor(**kwargs)
+            if template is None:  # the processor renders chats itself (mistral-common): the prompt's media as bytes
+                prompt = with_media(conv[:-1], r.get("images") or [], r.get("audios") or [])
+                enc = processor.apply_chat_template(prompt, tokenize=True, return_dict=True)
+            else:
+                prompt = processor.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
+                                                       add_generation_prompt=True)
+                # The prompt's image parts are the row's first images (the answer carries none).
+                n_prompt = sum(1 for m in conv[:-1] if isinstance(m.get("content"), list) for p in m["content"]
+                               if isinstance(p, dict) and p.get("type") in ("image", "image_url"))
+                images = [Image.open(io.BytesIO(b)).convert("RGB") for b in (r.get("images") or [])[:n_prompt]]
+                kwargs = {"text": [prompt], "add_special_tokens": False, "return_tensors": "pt"}
+                if images:
+                    kwargs["images"] = [images]
+                enc = processor(**kwargs)
             enc = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in enc.items()
                    if isinstance(v, torch.Tensor)}
             out = model.generate(**enc, max_new_tokens=recipe.eval.max_new_tokens, do_sample=False,

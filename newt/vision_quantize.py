@@ -25,10 +25,10 @@ def full_precision_modules(config: Any) -> list[str]:
     """Names of the modules outside the language model (vision/audio tower, projector), found on an empty (meta)
     instance of the architecture: every sibling branch on the path from the root to the language model."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForMultimodalLM
 
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
+        model = AutoModelForMultimodalLM.from_config(config)
     decoder = model.get_decoder()
     path = next(name for name, module in model.named_modules() if module is decoder)
     keep, prefix = [], ""
@@ -41,9 +41,10 @@ def full_precision_modules(config: Any) -> list[str]:
 
 def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str) -> dict:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
     from newt.export import QuantizeError
+    from newt.models import tokenizer_kwargs
     from newt.quant_backends import check_device, is_quantized, library_version, quantization_config
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -58,7 +59,7 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
     keep = full_precision_modules(config)
     quantization_config, dtype = quantization_config(method, config.get_text_config())
     quantization_config.modules_to_not_convert = keep
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=quantization_config,
+    model = AutoModelForMultimodalLM.from_pretrained(model_dir, quantization_config=quantization_config,
                                                           dtype=dtype, device_map=device)
     quantized = [name for name, module in model.named_modules() if is_quantized(module)]
     outside = [n for n in quantized if any(n == k or n.startswith(k + ".") for k in keep)]
@@ -66,7 +67,7 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
         raise QuantizeError(f"quantize method {method!r} on {architecture!r}: quantized {len(quantized)} layers, "
                             f"{len(outside)} of them outside the language model ({', '.join(outside[:3])})")
     model.save_pretrained(out_dir)
-    AutoProcessor.from_pretrained(model_dir).save_pretrained(out_dir)
+    AutoProcessor.from_pretrained(model_dir, **tokenizer_kwargs(model_dir)).save_pretrained(out_dir)
     return {
         "architecture": architecture,
         "quantized_modules": len(quantized),
@@ -80,12 +81,14 @@ def quantize_multimodal(model_dir: Path, out_dir: Path, method: str, device: str
 
 def load_multimodal(out_dir: Path, method: str) -> tuple[Any, Any]:
     """(model, processor) of a quantized multimodal folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForMultimodalLM
+
+    from newt.models import load_processor
 
     device_map = "cuda" if method == "int4_weight_only" else "cpu"
-    model = AutoModelForImageTextToText.from_pretrained(out_dir, device_map=device_map)
+    model = AutoModelForMultimodalLM.from_pretrained(out_dir, device_map=device_map)
     model.eval()
-    return model, AutoProcessor.from_pretrained(out_dir)
+    return model, load_processor(str(out_dir))
 
 
 def method_of(out_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """Every vision-language family newt builds a tiny model for (`builtin:tiny-<family>`, newt/tiny_vlm/) masks,
 trains, merges, quantizes and evaluates through the assets.
 
-Per family: the exact labels of a two-turn row with an image for each `train_on_eos` and for `train_on_inputs`
+Per family: the exact labels of a two-turn row with an image (Voxtral: an audio clip) for each `train_on_eos` and for `train_on_inputs`
 (the processor expands the image, the same scanner labels the ids, every media id is -100), then one recipe through
 dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer step that changes
 parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
@@ -36,8 +36,8 @@ X = IGNORE_INDEX
 class Family:
     model: str
     end: str  # the token that closes every turn
-    media: tuple[str, ...]  # the tokens an image becomes
-    image_size: int
+    media: tuple[str, ...]  # the tokens an image (an audio clip) becomes
+    image_size: int  # image families: the square test image's side in pixels (audio: unused)
     model_class: str
     towers: tuple[str, ...]  # the modules quantization keeps in full precision
     # How many turns before each answer have an end marker that `train_on_eos: all` trains (a default system turn
@@ -46,6 +46,8 @@ class Family:
     # What the template writes before each answer inside the assistant turn, trained with it (GLM's empty
     # `<think></think>` block: the generation prompt is `<|assistant|>` alone, so the model writes it).
     answer_prefix: str = ""
+    medium: str = "image"  # "image" or "audio": what the first user turn carries
+    sequence_len: int = 128  # the pipeline recipe's (an audio clip is 375 tokens)
 
 
 FAMILIES = {
@@ -79,8 +81,12 @@ FAMILIES = {
                                                                  "<end_of_image>"), 64,
                       "Gemma3nForConditionalGeneration",
                       ("model.audio_tower", "model.embed_audio", "model.embed_vision", "model.vision_tower")),
+    "voxtral": Family("builtin:tiny-voxtral", "</s>", ("[BEGIN_AUDIO]", "[AUDIO]"), 0,
+                      "VoxtralForConditionalGeneration", ("model.audio_tower", "model.multi_modal_projector"),
+                      medium="audio", sequence_len=512, input_ends=(0, 0)),  # `[/INST]` opens the answer
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+TONES = {"red": 220.0, "green": 440.0, "blue": 880.0}  # audio families: each answer's sine wave (Hz)
 
 
 def conversation(name: str, image_part: dict | None = None) -> list[dict]:
@@ -94,6 +100,23 @@ def conversation(name: str, image_part: dict | None = None) -> list[dict]:
 
 def square(rgb: tuple[int, int, int], size: int) -> Image.Image:
     return Image.fromarray(np.full((size, size, 3), rgb, dtype=np.uint8))
+
+
+def tone(name: str, seconds: float = 0.1, rate: int = 16000) -> bytes:
+    """A deterministic sine wave (16-bit PCM WAV, written with soundfile) for an answer."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, 0.5 * np.sin(2 * np.pi * TONES[name] * t), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def media_of(spec: Family, name: str) -> tuple[dict, dict]:
+    """(the first user turn's media part, process_and_mask's keyword for the medium) of a row answering `name`."""
+    if spec.medium == "audio":
+        return {"type": "audio"}, {"audio": [[tone(name)]]}
+    return {"type": "image"}, {"images": [[square(COLOURS[name], spec.image_size)]]}
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +158,14 @@ def test_labels_of_a_two_turn_row_with_an_image(family: str, processors) -> None
     spec, proc = FAMILIES[family], processors(family)
     tok = proc.tokenizer
     media = [tok.convert_tokens_to_ids(t) for t in spec.media]
-    image = [[square(COLOURS["red"], spec.image_size)]]
+    part, given = media_of(spec, "red")
     for train_on_eos in ("turn", "all", "last", "none"):
-        out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_eos=train_on_eos), images=image)
+        out = process_and_mask(proc, [conversation("red", part)], Masker(proc, train_on_eos=train_on_eos), **given)
         ids, labels = out["input_ids"][0], out["labels"][0]
         assert runs(labels) == expected_runs(tok, spec, train_on_eos), train_on_eos
         assert all(m in ids for m in media)
         assert all(lab == X for t, lab in zip(ids, labels) if t in media)
-    out = process_and_mask(proc, [conversation("red")], Masker(proc, train_on_inputs=True), images=image)
+    out = process_and_mask(proc, [conversation("red", part)], Masker(proc, train_on_inputs=True), **given)
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert labels == [X if t in media else t for t in ids]
     assert ids.count(tok.convert_tokens_to_ids(spec.media[-1])) >= 1 and tok.pad_token_id not in ids
@@ -179,13 +202,17 @@ def test_glm4v_trains_tool_calls_and_reasoning_and_masks_tool_results(processors
     assert trained(roles_to_train=["system", "user"]) == [enc("Be brief."), enc("Weather here?")]
 
 
-def write_dataset(root: Path, size: int, n: int = 6) -> Path:
-    """n two-turn chats about a coloured square (a relative image path in the first user turn)."""
+def write_dataset(root: Path, spec: Family, n: int = 6) -> Path:
+    """n two-turn chats about a coloured square, or a tone (a relative image / audio path in the first user turn)."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     for name, rgb in COLOURS.items():
-        square(rgb, size).save(root / "img" / f"{name}.png")
+        if spec.medium == "audio":
+            (root / "img" / f"{name}.wav").write_bytes(tone(name))
+        else:
+            square(rgb, spec.image_size).save(root / "img" / f"{name}.png")
     names = [list(COLOURS)[i % 3] for i in range(n)]
-    rows = [{"messages": conversation(c, {"type": "image", "path": f"img/{c}.png"})} for c in names]
+    ext = "wav" if spec.medium == "audio" else "png"
+    rows = [{"messages": conversation(c, {"type": spec.medium, "path": f"img/{c}.{ext}"})} for c in names]
     data = root / "vlm.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return data
@@ -196,7 +223,7 @@ base_model: {model}
 processor_type: AutoProcessor
 datasets:
   - path: {data}
-sequence_len: 128
+sequence_len: {sequence_len}
 val_set_size: 2
 adapter: lora
 lora_r: 4
@@ -225,10 +252,10 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     from newt.quantize import load_quantized
 
     spec = FAMILIES[family]
-    data = write_dataset(tmp_path / "data", spec.image_size)
+    data = write_dataset(tmp_path / "data", spec)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
-    (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data))
+    (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data, sequence_len=spec.sequence_len))
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
     stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
     selection = [a for a in defs.assets if a.key.path[-1] in stages]
@@ -249,15 +276,18 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
         want[0] = tok.encode(spec.answer_prefix + answer, add_special_tokens=False) + want[0][-1:]
         assert runs(row["labels"]) == want
         assert all(lab == X for t, lab in zip(row["input_ids"], row["labels"]) if t in media)
-        assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
+        if spec.medium == "audio":
+            assert row["images"] == [] and row["audios"] == [tone(answer)]
+        else:
+            assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
 
     # trained: one step; merged: parameters changed, the family's own class reloads it with its processor
     assert meta["trained"]["global_step"].value == 1 and np.isfinite(meta["trained"]["final_loss"].value)
     merged_dir = Path(meta["merged"]["artifact"].value) / "model"
-    merged = transformers.AutoModelForImageTextToText.from_pretrained(merged_dir)
+    merged = transformers.AutoModelForMultimodalLM.from_pretrained(merged_dir)
     assert type(merged).__name__ == spec.model_class
     assert type(transformers.AutoProcessor.from_pretrained(merged_dir)).__name__ == type(processors(family)).__name__
-    base = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model)).state_dict()
+    base = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model)).state_dict()
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert changed
 
@@ -267,7 +297,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     assert info["method"] == "int8_weight_only" and info["quantized_modules"] > 0
     assert info["full_precision_modules"] == list(spec.towers)
     qmodel, qproc = load_quantized(qdir)
-    assert type(qmodel).__name__ == spec.model_class and hasattr(qproc, "image_processor")
+    assert type(qmodel).__name__ == spec.model_class
+    assert hasattr(qproc, "feature_extractor" if spec.medium == "audio" else "image_processor")
     keep = info["full_precision_modules"]
     kept = [p for n, p in qmodel.named_parameters() if any(n.startswith(k + ".") for k in keep)]
     assert kept and all(type(p).__name__ in ("Parameter", "Tensor") and p.dtype == torch.float32 for p in kept)
@@ -280,6 +311,23 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     assert all(len(answers) == 2 for answers in generations.values())
     scores = json.loads((out / "results.json").read_text())
     assert all(np.isfinite(scores[v]["loss"]) and scores[v]["rows"] == 2 for v in generations)
+
+
+def test_audio_files_enter_the_prepared_key_by_their_bytes(tmp_path: Path) -> None:
+    """An audio file named by path is keyed by its bytes: replacing it in place changes the `prepared` key (and
+    only that: the dataset stage reads the JSON Lines, whose text did not change)."""
+    from newt.config import parse_recipe
+    from newt.pipeline import plan
+
+    data = write_dataset(tmp_path / "data", FAMILIES["voxtral"])
+    recipe = parse_recipe(RECIPE.format(model="builtin:tiny-voxtral", data=data, sequence_len=512))
+    before = plan(recipe, ("prepared",))
+    (tmp_path / "data" / "img" / "red.wav").write_bytes(tone("green"))
+    after = plan(recipe, ("prepared",))
+    assert before["dataset"].key == after["dataset"].key and before["prepared"].key != after["prepared"].key
+    files = after["prepared"].inputs["external"]["image_files"][0]
+    assert set(files) == {"img/red.wav", "img/green.wav", "img/blue.wav"}
+    assert files["img/red.wav"] == files["img/green.wav"]
 
 
 def test_vlm_quantize_takes_torchao_methods_only(tmp_path: Path) -> None:
@@ -304,14 +352,14 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
     spec, proc = FAMILIES[family], processors(family)
     tok = proc.tokenizer
     masker = Masker(proc)
-    with_image = process_and_mask(proc, [conversation("red")], masker, images=[[square(COLOURS["red"],
-                                                                                     spec.image_size)]])
+    part, given = media_of(spec, "red")
+    with_image = process_and_mask(proc, [conversation("red", part)], masker, **given)
     text_only = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                  {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}]
     plain = process_and_mask(proc, [text_only], masker)
     rows = [{"input_ids": with_image["input_ids"][0], "labels": with_image["labels"][0],
-             "images": with_image["image_bytes"][0]},
-            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": []}]
+             "images": with_image["image_bytes"][0], "audios": with_image["audio_bytes"][0]},
+            {"input_ids": plain["input_ids"][0], "labels": plain["labels"][0], "images": [], "audios": []}]
     batch = VisionCollator(proc)(rows)
     n, k = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
     assert batch["input_ids"][1].tolist() == rows[1]["input_ids"] + [tok.pad_token_id] * (n - k)
@@ -329,6 +377,12 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         first = rows[0]["input_ids"].index(image_id)
         assert tuple(mask.shape) == (2, n, 1, 1) and tuple(batch["pixel_values"].shape) == (2, 1, 1, 3, 28, 28)
         assert mask[0, :, 0, 0].tolist() == [0] * first + [1] * (n - first) and int(mask[1].sum()) == 0
+    elif family == "voxtral":
+        # one 30-second window of 128 mel bins (the processor pads each clip to 30 s), equal to what the processor
+        # gave for the row itself; 375 [AUDIO] placeholders take its 375 projected frames
+        assert keys == {"input_features"} and tuple(batch["input_features"].shape) == (1, 128, 3000)
+        assert torch.equal(batch["input_features"], with_image["input_features"])
+        assert rows[0]["input_ids"].count(image_id) == 375
     elif family == "smolvlm":
         assert keys == {"pixel_values", "pixel_attention_mask"}
         assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
@@ -358,7 +412,7 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         assert tuple(batch["pixel_values"].shape) == (1, 3, 64, 64)
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
-    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    model = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model))
     assert torch.isfinite(model(**batch).loss)
 
 
@@ -381,5 +435,19 @@ def test_collator_lays_out_pixels_with_the_processors_image_defaults(processors)
                                    "images": out["image_bytes"][0]}])
     assert tuple(batch["pixel_values"].shape) == (3, 3, 56, 56)
     assert np.allclose(batch["pixel_values"].numpy(), np.asarray(out["pixel_values"]))
-    model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(FAMILIES["internvl"].model))
+    model = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(FAMILIES["internvl"].model))
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_a_jinja_template_is_refused_for_a_tokenizer_that_renders_chats_itself() -> None:
+    """Voxtral's mistral-common tokenizer applies no Jinja template: a recipe naming one is told so, instead of
+    training on a format the processor never produces."""
+    from newt.config import parse_recipe
+    from newt.models import load_processor
+    from newt.templates import TemplateError, template_for
+
+    proc = load_processor("builtin:tiny-voxtral")
+    recipe = parse_recipe(RECIPE.format(model="builtin:tiny-voxtral", data="x.jsonl", sequence_len=512))
+    assert template_for(recipe, proc) is None
+    with pytest.raises(TemplateError, match="mistral-common's, which renders chats in code.*remove chat_template"):
+        template_for(recipe.model_copy(update={"chat_template": "gemma3"}), proc)

@@ -33,7 +33,10 @@ def template_text(tokenizer: Any, chat_template: str | None = None) -> str | Non
 
 
 def text_tokenizer(tokenizer: Any) -> Any:
-    """The text tokenizer inside a processor, or the tokenizer itself."""
+    """The text tokenizer inside a processor, or the tokenizer itself (a tokenizer may hold a `.tokenizer` of its
+    own: mistral-common's `MistralCommonBackend` wraps a `MistralTokenizer`)."""
+    if hasattr(tokenizer, "convert_tokens_to_ids"):
+        return tokenizer
     return getattr(tokenizer, "tokenizer", None) or tokenizer
 
 
@@ -49,8 +52,13 @@ def token_id(tokenizer: Any, token: str) -> int | None:
 
 def encode_marker(tokenizer: Any, text: str) -> tuple[int, ...]:
     """Token ids of a marker encoded on its own (for SentencePiece: with the dummy `▁` prefix, as
-    after BOS or a space, which is where Mistral v1 puts `[INST]` and `[/INST]`)."""
-    return tuple(text_tokenizer(tokenizer).encode(text, add_special_tokens=False))
+    after BOS or a space, which is where Mistral v1 puts `[INST]` and `[/INST]`). A marker that is one special
+    token is that token: mistral-common's tokenizers never read control tokens out of text (user text cannot
+    inject `[INST]`), where Hugging Face tokenizers encode a special token's text to its id anyway."""
+    tok = text_tokenizer(tokenizer)
+    if text in set(getattr(tok, "all_special_tokens", ()) or ()):
+        return (int(tok.convert_tokens_to_ids(text)),)
+    return tuple(tok.encode(text, add_special_tokens=False))
 
 
 def marker_variants(tokenizer: Any, text: str) -> list[tuple[int, ...]]:

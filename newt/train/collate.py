@@ -5,6 +5,7 @@ masking engine decided, and each row's media as encoded bytes. At batch time the
 (labels with -100, so padding is never trained) and asks the processor for everything else the model's forward
 takes:
 
+- the audio side (`input_features`): the processor's own chat path on the batch's audio (`audio_inputs`);
 - the media side (pixel values in the family's layout, `image_grid_thw`, `image_sizes`, `aspect_ratio_ids` /
   `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's image processor on the batch's images, one
   list per row (rows without images included: per-row layouts such as Mllama's and Idefics3's keep the batch
@@ -56,6 +57,9 @@ class VisionCollator:
         images = [[_image(b) for b in r.get("images") or ()] for r in rows]
         if any(images):
             batch.update(media_inputs(self.processor, images))
+        audio = [list(r.get("audios") or ()) for r in rows]
+        if any(audio):
+            batch.update(audio_inputs(self.processor, audio))
         batch.update(token_inputs(self.processor, input_ids, batch, self.input_names))
         # What the processor itself drops before the model sees it (e.g. Mllama's `num_tiles`, used above), and
         # image-processor outputs the processor does not list as model inputs (InternVL's `num_patches`, which
@@ -103,6 +107,23 @@ def _scatter_rows(processor: Any, images: list[list[Any]], defaults: dict) -> di
         else:
             out[k] = v
     return out
+
+
+def audio_inputs(processor: Any, audio: list[list[bytes]]) -> dict:
+    """The processor's audio-side outputs (`input_features`, ...) for a batch: `audio[i]` is row i's audio (encoded
+    bytes, possibly none). A processor that renders chats itself (Voxtral's mistral-common tokenizer) makes audio
+    features only on its chat path, so it is given one user message holding the batch's audio in row order (the
+    order of their placeholders in the batch); its text side is dropped, the stored ids are the text."""
+    from newt.masking.multimodal import with_media
+    from newt.templates import renders_in_code
+
+    flat = [b for row in audio for b in row]
+    if not renders_in_code(processor):
+        raise ValueError(f"{type(processor).__name__}: newt gives audio only to processors that render chats "
+                         "themselves (Voxtral's mistral-common tokenizer)")
+    message = [{"role": "user", "content": [{"type": "audio"} for _ in flat]}]
+    out = processor.apply_chat_template(with_media(message, (), flat), tokenize=True, return_dict=True)
+    return {k: v for k, v in out.items() if k not in TEXT_KEYS}
 
 
 def token_inputs(processor: Any, input_ids: torch.Tensor, batch: dict, input_names: set[str]) -> dict:
