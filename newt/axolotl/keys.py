@@ -141,8 +141,8 @@ KEYS: dict[str, Key] = {
     "output_dir": noted("artifacts live in newt's content-addressed store (NEWT_STORE); `newt export` copies "
                         "a model out"),
     "dataset_prepared_path": noted("the `prepared` stage caches the prepared data in the store"),
-    "model_type": noted("newt loads with AutoModelForCausalLM, or AutoModelForImageTextToText for a "
-                        "vision-language model"),
+    "model_type": noted("newt loads with AutoModelForCausalLM, or AutoModelForMultimodalLM for a "
+                        "vision- or audio-language model"),
     "tokenizer_type": noted("newt loads the tokenizer with AutoTokenizer"),
     "base_model_config": noted("newt reads the config beside the weights of base_model"),
     "is_llama_derived_model": noted(_ARCH),
