@@ -16,6 +16,8 @@ import ast
 import functools
 import hashlib
 import importlib.metadata
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +142,41 @@ def closure(entry_points: list[str], mods: dict[str, ModuleSource] | None = None
     return sorted(seen)
 
 
+def _installed() -> str:
+    """A digest of what is installed where Python looks: every distribution's metadata folder on `sys.path`, by
+    name (which carries the version) and modification time (a reinstall writes it anew)."""
+    h = hashlib.sha256()
+    for entry in sys.path:
+        try:
+            found = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(entry or ".")
+                           if e.name.endswith((".dist-info", ".egg-info")))
+        except OSError:  # not a folder (a zip, a missing path)
+            continue
+        h.update(json.dumps([entry, found]).encode())
+    return h.hexdigest()[:24]
+
+
 @functools.lru_cache(maxsize=1)
 def _distributions() -> dict[str, tuple[str, ...]]:
-    return {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+    """{top-level import name: distributions providing it}. `packages_distributions()` reads the file list of every
+    installed distribution (seconds on a large environment, in every process that computes a key), so its answer
+    is kept in newt's cache folder for as long as the installed distributions stay the same."""
+    from newt.home import cache_dir
+
+    path = cache_dir() / "code_version" / f"distributions-{_installed()}.json"
+    try:
+        return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        pass
+    found = {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+    try:  # written whole, then renamed: a concurrent reader sees the old file or the new one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(found))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache folder only costs the scan again
+        pass
+    return found
 
 
 def library_versions(names: set[str] | frozenset[str]) -> dict[str, str | None]:
