@@ -88,6 +88,15 @@ def newt(tmp: Path, *args: str) -> tuple[float, float | None, str]:
     return wall, first, "".join(lines)
 
 
+def dagster_floor(tmp: Path) -> float:
+    """Wall s of a Python that only imports dagster and opens the persistent instance: what any `newt run` that
+    records to the instance pays before doing anything (the no-op run's floor)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"], env=env(tmp),
+                   check=True, cwd=tmp)
+    return time.perf_counter() - start
+
+
 def stage_seconds(stderr: str, stage: str) -> float:
     m = re.search(rf"✓ {stage}\s+(?:miss|hit)\s+([\d.]+) s", stderr)
     if not m:
@@ -233,17 +242,23 @@ def bench_model(model: str, tmp: Path, repeats: int, steps: int) -> dict:
     runtime = trained_metrics(tmp, recipe_file)["train_runtime_s"]
     prepared = prepared_folder(tmp, recipe_file)
     plain_wall, plain_runtime = plain_overhead(tmp, model, prepared, steps, 0.0003, tmp / "plain")
-    noop = statistics.median(newt(tmp, "run", str(recipe_file))[0] for _ in range(repeats))
+    noops, floors = [], []
+    for _ in range(repeats):  # interleaved: the floor under the same load as the run
+        noops.append(newt(tmp, "run", str(recipe_file))[0])
+        floors.append(dagster_floor(tmp))
+    noop, floor = statistics.median(noops), statistics.median(floors)
     preview = statistics.median(newt(tmp, "preview", str(recipe_file), "--no-color")[0] for _ in range(repeats))
     evals = eval_times(tmp, recipe_file, repeats)
     r = {"model": model, "trained_s": trained, "train_runtime_s": runtime, "overhead_s": trained - runtime,
          "plain_wall_s": plain_wall, "plain_runtime_s": plain_runtime, "plain_overhead_s": plain_wall - plain_runtime,
-         "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "preview_s": preview, "eval": evals}
+         "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "noop_floor_s": floor, "preview_s": preview,
+         "eval": evals}
     print(f"model {model}: trained stage {trained:.1f} s = train_runtime {runtime:.1f} s + overhead "
           f"{r['overhead_s']:.1f} s; plain accelerate+TRL {plain_wall:.1f} s = {plain_runtime:.1f} s + overhead "
           f"{r['plain_overhead_s']:.1f} s")
     print(f"  rerun after a learning_rate change: {wall:.1f} s wall, first logged step at {first:.1f} s")
-    print(f"  no-op newt run {noop:.2f} s, newt preview {preview:.2f} s (medians of {repeats})")
+    print(f"  no-op newt run {noop:.2f} s (Python + import dagster + the instance alone: {floor:.2f} s), "
+          f"newt preview {preview:.2f} s (medians of {repeats})")
     for variant, e in evals.items():
         print(f"  evaluation {variant}: stage {e['stage_s']:.2f} s per 100 rows; generation {e['rows_s']:.0f} rows/s "
               f"vs one row at a time {e['alone_rows_s']:.0f} rows/s ({e['rows_s'] / e['alone_rows_s']:.1f}x) and "

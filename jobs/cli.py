@@ -209,7 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for run_id in mark_dead_runs(instance):  # a killed run must not hold the `gpu` pool slot for ever
             print(f"newt run: run {run_id} had no process left (killed?): marked failed, its slots freed",
                   file=sys.stderr)
-        hits = committed_outcomes(recipe, stages, store)
+        try:
+            hits = committed_outcomes(recipe, stages, store)
+        except Exception:  # noqa: BLE001 - e.g. a source that cannot be read: the run reports it as its step's failure
+            hits = None
         if hits is not None:  # nothing to build: record the hits without the cost of a Dagster run
             return record_hits(recipe, hits, instance, progress, started)
         result = execute(recipe, Path(args.recipe), stages, instance, progress)

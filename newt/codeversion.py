@@ -114,10 +114,34 @@ def _parse(name: str, path: Path, source: bytes, known: frozenset[str]) -> Modul
 
 
 def modules() -> dict[str, ModuleSource]:
-    """Every newt module with its source and its imports, read from disk now."""
+    """Every newt module with its source and its imports, read from disk now.
+
+    Parsing every module costs seconds in each process that computes a key (`newt run`, `newt plan`), so the
+    imports found in a module are kept in newt's cache folder by the digest of what decides them: the module's
+    name and source, the set of newt's module names, and this file's own source (the parser)."""
+    from newt.home import cache_dir
+
     files = module_files()
     known = frozenset(files)
-    return {name: _parse(name, path, path.read_bytes(), known) for name, path in files.items()}
+    sources = {name: path.read_bytes() for name, path in files.items()}
+    context = hashlib.sha256(Path(__file__).read_bytes() + "\0".join(sorted(known)).encode()).hexdigest()
+    path = cache_dir() / "code_version" / f"imports-{context[:24]}.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    out, found = {}, {}
+    for name, file in files.items():
+        digest = hashlib.sha256(name.encode() + b"\0" + sources[name]).hexdigest()
+        if digest in cached:
+            imports, libraries = cached[digest]
+            out[name] = ModuleSource(name, file, sources[name], frozenset(imports), frozenset(libraries))
+        else:
+            out[name] = _parse(name, file, sources[name], known)
+        found[digest] = [sorted(out[name].imports), sorted(out[name].libraries)]
+    if found != cached:
+        _write_json(path, found)  # only the current modules: an edited module's old entry goes
+    return out
 
 
 def import_graph() -> dict[str, frozenset[str]]:
@@ -169,14 +193,18 @@ def _distributions() -> dict[str, tuple[str, ...]]:
     except (OSError, ValueError):
         pass
     found = {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+    _write_json(path, found)
+    return found
+
+
+def _write_json(path: Path, data: object) -> None:
     try:  # written whole, then renamed: a concurrent reader sees the old file or the new one
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(found))
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
-    except OSError:  # a read-only cache folder only costs the scan again
+    except OSError:  # a read-only cache folder only costs the work again
         pass
-    return found
 
 
 def library_versions(names: set[str] | frozenset[str]) -> dict[str, str | None]:
