@@ -81,7 +81,7 @@ def test_run_exits_1_when_a_gate_fails_even_on_cache_hits(run, tmp_path: Path, m
 def test_a_run_of_hits_records_what_a_dagster_run_of_hits_records(run, tmp_path: Path, monkeypatch, capsys) -> None:
     import dagster as dg
 
-    from jobs.cli import execute, Progress
+    from jobs.cli import Progress, execute
     from newt.config import load_recipe
     from newt.pipeline import nodes, plan
 
@@ -91,7 +91,8 @@ def test_a_run_of_hits_records_what_a_dagster_run_of_hits_records(run, tmp_path:
     assert main(["run", str(run.recipe)]) == 0
     err = capsys.readouterr().err
     stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
-    assert [line.split()[:3] for line in err.splitlines() if line.startswith("✓ ")] == [["✓", s, "hit"] for s in stages]
+    done = [line.split()[:3] for line in err.splitlines() if line.startswith("✓ ")]
+    assert done == [["✓", s, "hit"] for s in stages]
     assert "✓ check eval_thresholds: passed" in err and "recorded without a run" in err
 
     recipe = load_recipe(run.recipe)
