@@ -79,17 +79,26 @@ def _stage_asset(recipe: Recipe, stage: str) -> dg.AssetsDefinition:
                 launcher.launch(context, recipe, cmd, env)
 
         outcome = run_stage(recipe, stage, store.open(), launcher=launch, log=context.log.info)
-        metadata, check_results = asset_metadata(outcome), None
-        if recipe.trust_remote_code and stage in REMOTE_CODE_STAGES:  # never silent: the model repo's code ran
-            metadata["trust_remote_code"] = True
-        if stage == "evaluation":
-            check_results = _gate_results(recipe, outcome, _previous_metrics(context.instance, key))
-            metadata["gates_passed"] = all(r.passed for r in check_results)
+        metadata, check_results = stage_result(recipe, stage, outcome, context.instance)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(outcome.key), metadata=metadata, check_results=check_results
         )
 
     return _asset
+
+
+def stage_result(recipe: Recipe, stage: str, outcome: StageOutcome,
+                 instance: dg.DagsterInstance) -> tuple[dict[str, Any], list[dg.AssetCheckResult] | None]:
+    """What a stage's materialization records: its metadata and, for `evaluation`, the gates' check results.
+    The asset body and `newt run`'s all-hits path (jobs/cli.py) both record exactly this."""
+    metadata, check_results = asset_metadata(outcome), None
+    if recipe.trust_remote_code and stage in REMOTE_CODE_STAGES:  # never silent: the model repo's code ran
+        metadata["trust_remote_code"] = True
+    if stage == "evaluation":
+        previous = _previous_metrics(instance, stage_asset_key(recipe.name, stage))
+        check_results = _gate_results(recipe, outcome, previous)
+        metadata["gates_passed"] = all(r.passed for r in check_results)
+    return metadata, check_results
 
 
 # --- issue 17: how assets read in the UI (kinds with icons, only configured gates; links: assets/presentation.py)

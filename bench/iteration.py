@@ -8,9 +8,11 @@ Per model (`builtin:tiny-llama`, and with `--small` also a random ~30 M-paramete
 (b) first step: seconds from starting that `newt run` to its first logged training step;
 (c) no-op: wall time of `newt run` when every stage is a cache hit;
 (d) preview: wall time of `newt preview` (prepared is committed);
-(e) evaluation: seconds per 100 held-out rows of the stage's scoring (`newt.evaluate.score`: loss + greedy
-    answers) for each variant, and the same rows scored one row at a time (loss and `model.generate` per row: the
-    unbatched reference); E = unbatched / stage.
+(e) evaluation, per variant: seconds per 100 held-out rows of the stage's scoring (`newt.evaluate.score`: loss +
+    greedy answers), and the generation of the answers alone in rows/s: `newt.generate` (the stage's), one
+    `model.generate` per row (the unbatched reference) and `model.generate` on left-padded batches of 32, with
+    whether the batched answers equal the unbatched ones token for token; E = batched / unbatched generation
+    rows/s (the issue's goal: >= 3x with identical outputs), median over the variants.
 
 `newt run` and `newt preview` run as the CLI in fresh processes with a persistent DAGSTER_HOME, like a user's.
 The machine may be shared: run it twice and compare (repeats of the short timings keep their median).
@@ -86,6 +88,15 @@ def newt(tmp: Path, *args: str) -> tuple[float, float | None, str]:
     return wall, first, "".join(lines)
 
 
+def dagster_floor(tmp: Path) -> float:
+    """Wall s of a Python that only imports dagster and opens the persistent instance: what any `newt run` that
+    records to the instance pays before doing anything (the no-op run's floor)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().dispose()"], env=env(tmp),
+                   check=True, cwd=tmp)
+    return time.perf_counter() - start
+
+
 def stage_seconds(stderr: str, stage: str) -> float:
     m = re.search(rf"✓ {stage}\s+(?:miss|hit)\s+([\d.]+) s", stderr)
     if not m:
@@ -134,29 +145,49 @@ def cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def unbatched_score(model, tokenizer, rows: list[dict], recipe, template: str) -> None:
-    """The reference: each row's loss and greedy answer computed alone (no padding, one `generate` per row)."""
+def one_row_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """The unbatched reference: one `model.generate` per prompt (no padding), greedy; each answer's new tokens up to
+    and including the first EOS, as `newt.generate` returns them."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            p = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+            new = model.generate(input_ids=p, attention_mask=torch.ones_like(p), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)[0, p.shape[1]:]
+            ids = new.tolist()
+            out.append(ids[: ids.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in ids else ids)
+    return out
+
+
+def generate_batched_32(model, tokenizer, prompts: list[str], max_new_tokens: int) -> None:
+    """What the stage ran before `newt.generate`: `model.generate` on left-padded batches of 32 prompts."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        for r in rows:
-            ids = torch.tensor([r["input_ids"]])
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-            conv = json.loads(r["messages"])
-            prompt = tokenizer.apply_chat_template(conv[:-1], chat_template=template, tokenize=False,
-                                                   add_generation_prompt=True)
-            p = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-            model.generate(input_ids=p, attention_mask=torch.ones_like(p), max_new_tokens=recipe.eval.max_new_tokens,
-                           do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for start in range(0, len(prompts), 32):
+            ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + 32]]
+            width = max(len(i) for i in ids)
+            batch = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+            model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                           pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
 
 
-def eval_times(tmp: Path, recipe_file: Path, repeats: int) -> dict[str, tuple[float, float]]:
-    """{variant: (stage s per 100 rows, unbatched s per 100 rows)}, medians of `repeats`."""
+def eval_times(tmp: Path, recipe_file: Path, repeats: int) -> dict[str, dict]:
+    """Per variant, medians of `repeats` interleaved runs on the held-out rows (at most 100): `stage_s` (seconds
+    per 100 rows of the stage's scoring, loss + answers), and the answers' generation alone in rows/s: `rows_s`
+    (`newt.generate`, what the stage runs), `alone_rows_s` (one `model.generate` per row: the unbatched
+    reference), `batched32_rows_s` (`model.generate` on batches of 32); `identical`: whether `newt.generate`'s
+    answers equal the unbatched ones token for token."""
     from newt import templates
     from newt.cache import Store
     from newt.config import load_recipe
-    from newt.evaluate import load_variant, score
+    from newt.evaluate import answer_prompt, load_variant, score
+    from newt.generate import generate_answers
     from newt.pipeline import StageRun, plan, upstream_of
     from newt.prepare import load_prepared
 
@@ -167,20 +198,31 @@ def eval_times(tmp: Path, recipe_file: Path, repeats: int) -> dict[str, tuple[fl
     run = StageRun(recipe, "evaluation", keys["evaluation"].key, tmp / "scratch", upstream)
     held = load_prepared(upstream["prepared"], "validation")
     rows = [held[i] for i in range(min(len(held), 100))]
+    n, budget = len(rows), recipe.eval.max_new_tokens
     out = {}
     for variant in recipe.eval.models:
         model, tok = load_variant(variant, run)
         template = templates.template_for(recipe, tok)
+        prompts = [answer_prompt(r, tok, template)[0] for r in rows]
         score(model, tok, rows[:8], recipe, template)  # warm-up
-        stage, alone = [], []
-        for _ in range(repeats):  # interleaved, so background load hits both alike
-            t = time.perf_counter()
+        t = {"stage": [], "new": [], "alone": [], "b32": []}
+        for _ in range(repeats):  # interleaved, so background load hits all alike
+            start = time.perf_counter()
             score(model, tok, rows, recipe, template)
-            stage.append((time.perf_counter() - t) * 100 / len(rows))
-            t = time.perf_counter()
-            unbatched_score(model, tok, rows, recipe, template)
-            alone.append((time.perf_counter() - t) * 100 / len(rows))
-        out[variant] = (statistics.median(stage), statistics.median(alone))
+            t["stage"].append((time.perf_counter() - start) * 100 / n)
+            start = time.perf_counter()
+            answers = generate_answers(model, tok, prompts, budget)
+            t["new"].append(n / (time.perf_counter() - start))
+            start = time.perf_counter()
+            reference = one_row_at_a_time(model, tok, prompts, budget)
+            t["alone"].append(n / (time.perf_counter() - start))
+            start = time.perf_counter()
+            generate_batched_32(model, tok, prompts, budget)
+            t["b32"].append(n / (time.perf_counter() - start))
+        tokens = sum(len(a) for a in answers)
+        out[variant] = {"stage_s": statistics.median(t["stage"]), "rows_s": statistics.median(t["new"]),
+                        "alone_rows_s": statistics.median(t["alone"]), "batched32_rows_s": statistics.median(t["b32"]),
+                        "identical": answers == reference, "new_tokens_per_row": tokens / n}
     return out
 
 
@@ -200,19 +242,29 @@ def bench_model(model: str, tmp: Path, repeats: int, steps: int) -> dict:
     runtime = trained_metrics(tmp, recipe_file)["train_runtime_s"]
     prepared = prepared_folder(tmp, recipe_file)
     plain_wall, plain_runtime = plain_overhead(tmp, model, prepared, steps, 0.0003, tmp / "plain")
-    noop = statistics.median(newt(tmp, "run", str(recipe_file))[0] for _ in range(repeats))
+    noops, floors = [], []
+    for _ in range(repeats):  # interleaved: the floor under the same load as the run
+        noops.append(newt(tmp, "run", str(recipe_file))[0])
+        floors.append(dagster_floor(tmp))
+    noop, floor = statistics.median(noops), statistics.median(floors)
     preview = statistics.median(newt(tmp, "preview", str(recipe_file), "--no-color")[0] for _ in range(repeats))
     evals = eval_times(tmp, recipe_file, repeats)
     r = {"model": model, "trained_s": trained, "train_runtime_s": runtime, "overhead_s": trained - runtime,
          "plain_wall_s": plain_wall, "plain_runtime_s": plain_runtime, "plain_overhead_s": plain_wall - plain_runtime,
-         "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "preview_s": preview, "eval": evals}
+         "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "noop_floor_s": floor, "preview_s": preview,
+         "eval": evals}
     print(f"model {model}: trained stage {trained:.1f} s = train_runtime {runtime:.1f} s + overhead "
           f"{r['overhead_s']:.1f} s; plain accelerate+TRL {plain_wall:.1f} s = {plain_runtime:.1f} s + overhead "
           f"{r['plain_overhead_s']:.1f} s")
     print(f"  rerun after a learning_rate change: {wall:.1f} s wall, first logged step at {first:.1f} s")
-    print(f"  no-op newt run {noop:.2f} s, newt preview {preview:.2f} s (medians of {repeats})")
-    for variant, (stage, alone) in evals.items():
-        print(f"  evaluation {variant}: {stage:.2f} s per 100 rows (unbatched {alone:.2f} s, {alone / stage:.1f}x)")
+    print(f"  no-op newt run {noop:.2f} s (Python + import dagster + the instance alone: {floor:.2f} s), "
+          f"newt preview {preview:.2f} s (medians of {repeats})")
+    for variant, e in evals.items():
+        print(f"  evaluation {variant}: stage {e['stage_s']:.2f} s per 100 rows; generation {e['rows_s']:.0f} rows/s "
+              f"vs one row at a time {e['alone_rows_s']:.0f} rows/s ({e['rows_s'] / e['alone_rows_s']:.1f}x) and "
+              f"model.generate in batches of 32 {e['batched32_rows_s']:.0f} rows/s "
+              f"({e['rows_s'] / e['batched32_rows_s']:.1f}x); {e['new_tokens_per_row']:.1f} new tokens per row; "
+              f"answers {'identical' if e['identical'] else 'DIFFER'}")
     return r
 
 
@@ -233,7 +285,10 @@ def main() -> None:
             folder = random_llama(tmp / "small-model", hidden=512, layers=8, intermediate=1536)
             bench_model(str(folder), tmp / "small", a.repeats, a.steps)
         t = bench_model("builtin:tiny-llama", tmp / "tiny", a.repeats, a.steps)
-        e = statistics.median(alone / stage for stage, alone in t["eval"].values())
+        # The issue's goal: generation rows/s batched vs unbatched (identical answers), median over the variants.
+        e = statistics.median(v["rows_s"] / v["alone_rows_s"] for v in t["eval"].values())
+        if not all(v["identical"] for v in t["eval"].values()):
+            print("  WARNING: batched answers differ from the one-row-at-a-time answers")
         print(f"iteration: overhead {t['overhead_s']:.1f} s = {t['overhead_s'] / t['plain_overhead_s']:.2f} x plain, "
               f"first step {t['first_step_s']:.1f} s, no-op {t['noop_s']:.1f} s, preview {t['preview_s']:.1f} s, "
               f"eval {e:.1f} x unbatched")

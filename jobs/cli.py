@@ -25,16 +25,27 @@ from newt.errors import Interrupted, interrupted_by
 from . import job_name
 
 if (__package__ or "").startswith("newt_dagster"):  # installed from the wheel (pyproject.toml's package-dir)
-    from .. import definitions
     from ..assets import stage_asset_key
+    from ..assets.factory import stage_result
     from ..resources.runs import mark_dead_runs, process_tags
 else:  # a checkout: top-level packages beside newt/
-    import definitions
     from assets import stage_asset_key
+    from assets.factory import stage_result
     from resources.runs import mark_dead_runs, process_tags
 
-LAYER = Path(definitions.__file__).resolve().parent  # the checkout root, or site-packages/newt_dagster
+LAYER = Path(__file__).resolve().parents[1]  # the checkout root, or site-packages/newt_dagster (definitions.py)
 CHECKOUT = (LAYER / "workspace.yaml").is_file() and (LAYER / "newt").is_dir()
+
+
+def build_definitions(recipe_file: Path) -> dg.Definitions:
+    """The code location's definitions for one recipe file. `definitions` is imported here, not at the top:
+    importing it builds the definitions of every recipe in the recipes folder (seconds), which a run of one
+    file, and a run of cache hits above all, does not need."""
+    if (__package__ or "").startswith("newt_dagster"):
+        from .. import definitions
+    else:
+        import definitions
+    return definitions.build_definitions(recipe_files=[recipe_file])
 
 
 def step_error(error: Any) -> str:
@@ -88,33 +99,41 @@ class Progress:
         kind = event.event_type_value
         data = event.event_specific_data
         if kind == "STEP_START":
-            self.started[stage] = time.monotonic()
-            self._print(f"▶ {stage}")
+            self.step_start(stage)
         elif kind == "ASSET_MATERIALIZATION":
             cache = data.materialization.metadata.get("cache")
             self.cache[stage] = getattr(cache, "value", "") or ""
         elif kind == "ASSET_CHECK_EVALUATION":
-            evaluation = data
-            mark = "✓" if evaluation.passed else "✗"
-            verdicts = evaluation.metadata.get("verdicts")
-            self._print(
-                f"  {mark} check {evaluation.check_name}: {'passed' if evaluation.passed else 'FAILED'}"
-            )
-            if verdicts is not None:
-                for line in str(verdicts.value).splitlines():
-                    self._print(f"      {line}")
-            if not evaluation.passed:
-                self.failed_checks.append(evaluation.check_name)
+            self.check(data.check_name, data.passed, data.metadata.get("verdicts"))
         elif kind == "STEP_SUCCESS":
-            self._close_bar()
-            took = time.monotonic() - self.started.get(stage, time.monotonic())
-            self._print(f"✓ {stage}  {self.cache.get(stage, '')}  {took:.1f} s")
+            self.step_success(stage)
         elif kind == "STEP_FAILURE":
-            self._close_bar()
             error = getattr(data, "error", None)
-            self._print(f"✗ {stage} failed: {step_error(error)}")
+            self.step_failure(stage, step_error(error))
             if self.debug and error is not None:  # --debug: the whole chain, tracebacks included
                 self._print(error.to_string())
+
+    def step_start(self, stage: str) -> None:
+        self.started[stage] = time.monotonic()
+        self._print(f"▶ {stage}")
+
+    def check(self, name: str, passed: bool, verdicts: Any) -> None:
+        mark = "✓" if passed else "✗"
+        self._print(f"  {mark} check {name}: {'passed' if passed else 'FAILED'}")
+        if verdicts is not None:
+            for line in str(getattr(verdicts, "value", verdicts)).splitlines():
+                self._print(f"      {line}")
+        if not passed:
+            self.failed_checks.append(name)
+
+    def step_success(self, stage: str) -> None:
+        self._close_bar()
+        took = time.monotonic() - self.started.get(stage, time.monotonic())
+        self._print(f"✓ {stage}  {self.cache.get(stage, '')}  {took:.1f} s")
+
+    def step_failure(self, stage: str, message: str) -> None:
+        self._close_bar()
+        self._print(f"✗ {stage} failed: {message}")
 
     def _message(self, stage: str, message: str, level: int) -> None:
         match = STEP_RE.match(message)
@@ -168,8 +187,9 @@ def _progress_logger(progress: Progress):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from newt.cache import store_from_env
     from newt.config import load_recipe
-    from newt.pipeline import nodes
+    from newt.pipeline import committed_outcomes, nodes
 
     recipe = load_recipe(args.recipe)
     known = nodes(recipe)  # the six stages plus quantized_<method> for each further quantize output
@@ -178,14 +198,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(known)}", file=sys.stderr)
         return 2
+    stages = sorted(stages, key=known.index)  # build order, as the run executes them
     progress = Progress(recipe, debug=getattr(args, "debug", False))
-    defs = definitions.build_definitions(recipe_files=[Path(args.recipe)])
-    # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
-    job = defs.resolve_job_def(job_name(recipe)).with_logger_defs({"newt": _progress_logger(progress)})
-    selection = [stage_asset_key(recipe.name, s) for s in stages]
-    from newt.cache import store_from_env
-
-    print(f"newt run {recipe.name}: {', '.join(stages)} → store {store_from_env().root}", file=sys.stderr)
+    store = store_from_env()
+    print(f"newt run {recipe.name}: {', '.join(stages)} → store {store.root}", file=sys.stderr)
     started = time.monotonic()
     # A persistent instance keeps the run in the UI's history; without DAGSTER_HOME the run is not recorded.
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -193,13 +209,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for run_id in mark_dead_runs(instance):  # a killed run must not hold the `gpu` pool slot for ever
             print(f"newt run: run {run_id} had no process left (killed?): marked failed, its slots freed",
                   file=sys.stderr)
-        result = job.execute_in_process(
-            run_config={"loggers": {"newt": {}}},
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=selection,
-            tags={"newt/trigger": "cli", **process_tags()},
-        )
+        try:
+            hits = committed_outcomes(recipe, stages, store)
+        except Exception:  # noqa: BLE001 - e.g. a source that cannot be read: the run reports it as its step's failure
+            hits = None
+        if hits is not None:  # nothing to build: record the hits without the cost of a Dagster run
+            return record_hits(recipe, hits, instance, progress, started)
+        result = execute(recipe, Path(args.recipe), stages, instance, progress)
     stopped = interrupted_by()
     if stopped:  # Ctrl-C or SIGTERM: Dagster ended the step (and the training child's process group)
         raise Interrupted(stopped, f"newt run {recipe.name}: stopped by {signal.Signals(stopped).name} after "
@@ -207,16 +223,71 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    "resumes training from its last checkpoint)")
     failed_checks = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return finish(recipe, started, result.success, failed_steps, failed_checks, f"run {result.run_id}")
+
+
+def execute(recipe: Any, recipe_file: Path, stages: list[str], instance: dg.DagsterInstance,
+            progress: Progress) -> dg.ExecuteInProcessResult:
+    """The recipe's job in this process, for the selected stages, with `progress` as its only logger."""
+    defs = build_definitions(recipe_file)
+    # Our logger replaces Dagster's console logger: progress lines instead of every engine event.
+    job = defs.resolve_job_def(job_name(recipe)).with_logger_defs({"newt": _progress_logger(progress)})
+    return job.execute_in_process(
+        run_config={"loggers": {"newt": {}}},
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=[stage_asset_key(recipe.name, s) for s in stages],
+        tags={"newt/trigger": "cli", **process_tags()},
+    )
+
+
+# The tag under which a materialization carries its data version: what `MaterializeResult(data_version=...)`
+# records, and what Dagster's own REST endpoint for reporting a materialization sets from its `data_version`
+# parameter (dagster_webserver/external_assets.py).
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def record_hits(recipe: Any, hits: dict[str, Any], instance: dg.DagsterInstance, progress: Progress,
+                started: float) -> int:
+    """Every selected stage is committed under its current key: record each as the materialization its asset
+    would record on a hit (the same metadata, `cache: hit`, its key as data version), and the evaluation gates as
+    check evaluations, in build order, without a run — creating and executing a run of hits costs seconds of
+    Dagster bookkeeping (docs/performance.md). The output and the exit code are those of the run."""
+    failed_steps = []
+    for node, outcome in hits.items():
+        progress.step_start(node)
+        key = stage_asset_key(recipe.name, node)
+        metadata, checks = stage_result(recipe, node, outcome, instance)
+        progress.cache[node] = outcome.cache
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(key, metadata=metadata, tags={DATA_VERSION_TAG: outcome.key})
+        )
+        for c in checks or []:  # the gates are blocking checks (assets/factory.py)
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(key, c.check_name, c.passed, metadata=c.metadata, severity=c.severity,
+                                        blocking=True)
+            )
+            progress.check(c.check_name, c.passed, c.metadata.get("verdicts"))
+        failed = [c.check_name for c in checks or [] if not c.passed]
+        if failed:  # as in a run: a failed blocking check fails its step
+            failed_steps.append("__".join(key.path))
+            progress.step_failure(node, f"blocking check(s) failed: {', '.join(failed)}")
+        else:
+            progress.step_success(node)
+    return finish(recipe, started, not failed_steps, failed_steps, progress.failed_checks,
+                  "every stage a cache hit: recorded without a run")
+
+
+def finish(recipe: Any, started: float, success: bool, failed_steps: list[str], failed_checks: list[str],
+           where: str) -> int:
     took = time.monotonic() - started
-    if result.success and not failed_checks:
-        print(f"newt run {recipe.name}: ok in {took:.1f} s (run {result.run_id})", file=sys.stderr)
+    if success and not failed_checks:
+        print(f"newt run {recipe.name}: ok in {took:.1f} s ({where})", file=sys.stderr)
         return 0
     what = [f"failed step(s): {', '.join(failed_steps)}"] if failed_steps else []
     what += [f"failed check(s): {', '.join(failed_checks)}"] if failed_checks else []
-    print(
-        f"newt run {recipe.name}: FAILED in {took:.1f} s ({'; '.join(what) or 'see above'}; run {result.run_id})",
-        file=sys.stderr,
-    )
+    print(f"newt run {recipe.name}: FAILED in {took:.1f} s ({'; '.join(what) or 'see above'}; {where})",
+          file=sys.stderr)
     return 1
 
 

@@ -16,6 +16,8 @@ import ast
 import functools
 import hashlib
 import importlib.metadata
+import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +114,34 @@ def _parse(name: str, path: Path, source: bytes, known: frozenset[str]) -> Modul
 
 
 def modules() -> dict[str, ModuleSource]:
-    """Every newt module with its source and its imports, read from disk now."""
+    """Every newt module with its source and its imports, read from disk now.
+
+    Parsing every module costs seconds in each process that computes a key (`newt run`, `newt plan`), so the
+    imports found in a module are kept in newt's cache folder by the digest of what decides them: the module's
+    name and source, the set of newt's module names, and this file's own source (the parser)."""
+    from newt.home import cache_dir
+
     files = module_files()
     known = frozenset(files)
-    return {name: _parse(name, path, path.read_bytes(), known) for name, path in files.items()}
+    sources = {name: path.read_bytes() for name, path in files.items()}
+    context = hashlib.sha256(Path(__file__).read_bytes() + "\0".join(sorted(known)).encode()).hexdigest()
+    path = cache_dir() / "code_version" / f"imports-{context[:24]}.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    out, found = {}, {}
+    for name, file in files.items():
+        digest = hashlib.sha256(name.encode() + b"\0" + sources[name]).hexdigest()
+        if digest in cached:
+            imports, libraries = cached[digest]
+            out[name] = ModuleSource(name, file, sources[name], frozenset(imports), frozenset(libraries))
+        else:
+            out[name] = _parse(name, file, sources[name], known)
+        found[digest] = [sorted(out[name].imports), sorted(out[name].libraries)]
+    if found != cached:
+        _write_json(path, found)  # only the current modules: an edited module's old entry goes
+    return out
 
 
 def import_graph() -> dict[str, frozenset[str]]:
@@ -140,9 +166,45 @@ def closure(entry_points: list[str], mods: dict[str, ModuleSource] | None = None
     return sorted(seen)
 
 
+def _installed() -> str:
+    """A digest of what is installed where Python looks: every distribution's metadata folder on `sys.path`, by
+    name (which carries the version) and modification time (a reinstall writes it anew)."""
+    h = hashlib.sha256()
+    for entry in sys.path:
+        try:
+            found = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(entry or ".")
+                           if e.name.endswith((".dist-info", ".egg-info")))
+        except OSError:  # not a folder (a zip, a missing path)
+            continue
+        h.update(json.dumps([entry, found]).encode())
+    return h.hexdigest()[:24]
+
+
 @functools.lru_cache(maxsize=1)
 def _distributions() -> dict[str, tuple[str, ...]]:
-    return {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+    """{top-level import name: distributions providing it}. `packages_distributions()` reads the file list of every
+    installed distribution (seconds on a large environment, in every process that computes a key), so its answer
+    is kept in newt's cache folder for as long as the installed distributions stay the same."""
+    from newt.home import cache_dir
+
+    path = cache_dir() / "code_version" / f"distributions-{_installed()}.json"
+    try:
+        return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        pass
+    found = {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+    _write_json(path, found)
+    return found
+
+
+def _write_json(path: Path, data: object) -> None:
+    try:  # written whole, then renamed: a concurrent reader sees the old file or the new one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache folder only costs the work again
+        pass
 
 
 def library_versions(names: set[str] | frozenset[str]) -> dict[str, str | None]:

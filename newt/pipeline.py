@@ -212,9 +212,27 @@ def run_stage(
                 meta = {**metadata, "recipe": recipe.name}
                 found = store.commit(stage, info.key, run.workdir, info.inputs, meta)
                 return StageOutcome(stage, info.key, found.uri, "miss", metadata, info.inputs)
+    return _hit(info, found)
+
+
+def _hit(info: KeyInfo, found: Any) -> StageOutcome:
     assert found.manifest is not None
     metadata = {k: v for k, v in found.manifest.get("metadata", {}).items() if k != "recipe"}  # as on a miss
-    return StageOutcome(stage, info.key, found.uri, "hit", metadata, info.inputs)
+    return StageOutcome(info.stage, info.key, found.uri, "hit", metadata, info.inputs)
+
+
+def committed_outcomes(recipe: Recipe, nodes_: list[str], store: Store,
+                       keys: dict[str, KeyInfo] | None = None) -> dict[str, StageOutcome] | None:
+    """Each node's outcome when every one of them is committed under its current key (what `run_stage` returns
+    for them, building nothing); None as soon as one must be built."""
+    keys = keys or plan(recipe, tuple(nodes_))
+    out = {}
+    for node in nodes_:
+        found = store.lookup(keys[node].stage, keys[node].key)
+        if not found.hit:
+            return None
+        out[node] = _hit(keys[node], found)
+    return out
 
 
 def missing_stages(recipe: Recipe, store: Store, keys: dict[str, KeyInfo] | None = None) -> list[str]:

@@ -29,7 +29,8 @@ class TrainingLauncher(dg.ConfigurableResource):
 
 
 class LocalLauncher(TrainingLauncher):
-    """`accelerate launch` as a subprocess of the Dagster run, in a Dagster Pipes session.
+    """`accelerate launch` as a subprocess of the Dagster run, in a Dagster Pipes session (for one process, the
+    training child itself with accelerate's environment: newt/train/launch.py).
 
     Not `PipesSubprocessClient`: its child shares the run's process group and outlives a killed run. Here the
     child gets its own group and dies with the run (newt/train/lifetime.py); when the run is interrupted (Ctrl-C,
@@ -42,10 +43,13 @@ class LocalLauncher(TrainingLauncher):
 
             return RayLauncher().launch(context, recipe, cmd, env)
         from newt.train import lifetime
+        from newt.train.launch import direct
 
         with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
                                    message_reader=dg.PipesTempFileMessageReader()) as session:
-            proc = lifetime.start(cmd, {**env, **session.get_bootstrap_env_vars()})
+            # One local process: the child itself, with the environment accelerate's launcher would give it.
+            cmd, env = direct(cmd, {**env, **session.get_bootstrap_env_vars()})
+            proc = lifetime.start(cmd, env)
             try:
                 proc.wait()
             finally:  # a no-op after a normal exit; on an interrupt it stops accelerate and every rank

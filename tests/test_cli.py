@@ -78,6 +78,47 @@ def test_run_exits_1_when_a_gate_fails_even_on_cache_hits(run, tmp_path: Path, m
 
 
 @pytest.mark.slow
+def test_a_run_of_hits_records_what_a_dagster_run_of_hits_records(run, tmp_path: Path, monkeypatch, capsys) -> None:
+    import dagster as dg
+
+    from jobs.cli import Progress, execute
+    from newt.config import load_recipe
+    from newt.pipeline import nodes, plan
+
+    home = tmp_path / "home"  # a history of its own: what this run records, and nothing else
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert main(["run", str(run.recipe)]) == 0
+    err = capsys.readouterr().err
+    stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    done = [line.split()[:3] for line in err.splitlines() if line.startswith("✓ ")]
+    assert done == [["✓", s, "hit"] for s in stages]
+    assert "✓ check eval_thresholds: passed" in err and "recorded without a run" in err
+
+    recipe = load_recipe(run.recipe)
+    keys = plan(recipe)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_runs() == []  # no run was created for six hits
+        fast = {}
+        for stage in nodes(recipe):
+            [record] = instance.fetch_materializations(dg.AssetKey(["tiny", stage]), limit=10).records
+            fast[stage] = record.asset_materialization
+            assert record.asset_materialization.metadata["cache"].value == "hit"
+            assert record.event_log_entry.tags["dagster/data_version"] == keys[stage].key
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["tiny", "evaluation"]), "eval_thresholds"), limit=10)
+        assert check.evaluation.passed
+        # The same stages materialized by the recipe's Dagster job: every hit records the same metadata.
+        result = execute(recipe, run.recipe, list(stages), instance, Progress(recipe))
+        assert result.success
+        for stage in stages:
+            records = instance.fetch_materializations(dg.AssetKey(["tiny", stage]), limit=10).records
+            assert records[0].run_id == result.run_id
+            assert records[0].asset_materialization.metadata == fast[stage].metadata, stage
+            assert records[0].event_log_entry.tags["dagster/data_version"] == keys[stage].key
+
+
+@pytest.mark.slow
 def test_preview_shows_trained_tokens(run, capsys) -> None:
     assert main(["preview", str(run.recipe), "-n", "2", "--no-color"]) == 0
     out = capsys.readouterr().out
