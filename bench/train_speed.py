@@ -18,9 +18,9 @@ barely moves CPU time (one forward+backward measured 0.94–1.00 CPU-s at 3.2–
 rates are printed beside it.
 
 Runs are interleaved (newt, plain, packed, newt, ...) so what load does to CPU time (shared caches) hits every
-side alike; each side's median is printed with every run, a ratio is the median of the per-repeat ratios, and the
-script says whether the first and second half of the repeats agree within 5 %. The unpacked side of 2. is the newt
-side of 1. (the same recipe and rows).
+side alike; each run is printed as it ends, then each side's median with all its runs, a ratio is the median of the
+per-repeat ratios, and the script says whether the first and second half of the repeats agree within 5 %. The
+unpacked side of 2. is the newt side of 1. (the same recipe and rows).
 
     .venv/bin/python bench/train_speed.py [--model random-small] [--steps 60] [--short 10] [--repeats 3]
 """
@@ -146,6 +146,9 @@ class Side:
     def __init__(self, label: str, run, steps: int, short: int, cpu: bool):
         self.label, self.run, self.steps, self.cpu = label, run, steps, cpu
         self.short = run(short, "short") if cpu else None
+        if self.short:  # each run is printed as it ends, so a run cut short still leaves its numbers
+            print(f"  {label} short run: {short} steps, {self.short['num_tokens']} tokens, "
+                  f"{self.short['cpu_s']:.1f} CPU-s", flush=True)
         self.wall: list[float] = []
         self.rate: list[float] = []  # what is stated: per CPU-second on a CPU, per wall second on a GPU
 
@@ -160,6 +163,9 @@ class Side:
             self.rate.append(tokens / seconds)
         else:
             self.rate.append(self.wall[-1])
+        per = "CPU-s" if self.cpu else "s"
+        print(f"  {self.label} run {i}: {self.steps} steps, {r['num_tokens']} tokens, {r['cpu_s']:.1f} CPU-s, "
+              f"{r['train_runtime_s']:.1f} s train_runtime -> {self.rate[-1]:.1f} tokens/{per}", flush=True)
 
     def line(self, unit: str) -> str:
         per = "CPU-second" if self.cpu else "second"
