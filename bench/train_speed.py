@@ -13,16 +13,17 @@ clock is the load of whoever shares the machine (the same run took 112 s and 37 
 rate there is per CPU-second of the training processes, the child pinned to one thread (`OMP_NUM_THREADS=1`,
 which accelerate passes on): every run is timed by its processes' user+system time (`getrusage(RUSAGE_CHILDREN)`
 around the launch), and start-up (imports, model and data loading, saving) is taken out by a `--short`-step run of
-the same side: rate = (tokens(long) − tokens(short)) / (cpu(long) − cpu(short)), the steps in between. Contention
-barely moves CPU time (one forward+backward measured 0.94–1.00 CPU-s at 3.2–4.1 s wall under load ≈10); the wall
-rates are printed beside it.
+the same side just before each long one: rate = (tokens(long) − tokens(short)) / (cpu(long) − cpu(short)), the
+steps in between. Contention moves CPU time far less than wall time (the same run: 42 → 27 CPU-s while its wall
+rate went 113 → 1,372 tokens/s as the load fell from 14 to 4), but it does move it, so only ratios inside a
+repeat are stated; the wall rates are printed beside them.
 
 Runs are interleaved (newt, plain, packed, newt, ...) so what load does to CPU time (shared caches) hits every
 side alike; each run is printed as it ends, then each side's median with all its runs, a ratio is the median of the
 per-repeat ratios, and the script says whether the first and second half of the repeats agree within 5 %. The
 unpacked side of 2. is the newt side of 1. (the same recipe and rows).
 
-    .venv/bin/python bench/train_speed.py [--model random-small] [--steps 60] [--short 10] [--repeats 3]
+    .venv/bin/python bench/train_speed.py [--model random-small] [--steps 120] [--short 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -144,15 +145,18 @@ class Side:
     a CPU tokens per CPU-second of the steps between the short run and a long one)."""
 
     def __init__(self, label: str, run, steps: int, short: int, cpu: bool):
-        self.label, self.run, self.steps, self.cpu = label, run, steps, cpu
-        self.short = run(short, "short") if cpu else None
-        if self.short:  # each run is printed as it ends, so a run cut short still leaves its numbers
-            print(f"  {label} short run: {short} steps, {self.short['num_tokens']} tokens, "
-                  f"{self.short['cpu_s']:.1f} CPU-s", flush=True)
+        self.label, self.run, self.steps, self.short_steps, self.cpu = label, run, steps, short, cpu
         self.wall: list[float] = []
         self.rate: list[float] = []  # what is stated: per CPU-second on a CPU, per wall second on a GPU
 
     def repeat(self, i: int) -> None:
+        # The short run is repeated beside each long one: CPU time is far steadier than wall time under load, but
+        # not constant (the same 60-step run took 42 and 27 CPU-s at load 14 and 4: shared caches), so a start-up
+        # measured once, early, under other load, mis-states every later run.
+        if self.cpu:
+            self.short = self.run(self.short_steps, f"short{i}")
+            print(f"  {self.label} short run {i}: {self.short_steps} steps, {self.short['num_tokens']} tokens, "
+                  f"{self.short['cpu_s']:.1f} CPU-s", flush=True)  # each run printed as it ends
         r = self.run(self.steps, f"long{i}")
         self.wall.append(r["num_tokens"] / r["train_runtime_s"])
         if self.cpu:
@@ -195,7 +199,9 @@ def main() -> None:
     p.add_argument("--model", default="random-small",
                    help="a model name/path, or random-small: a random 4-layer hidden-256 Llama (≈3M parameters, "
                         "enough compute per step to time on a CPU; the 140k-parameter builtin is too small)")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps of an unpacked run")
+    p.add_argument("--steps", type=int, default=120,
+                   help="optimizer steps of an unpacked run (the packed run takes steps × bins/rows: at 60 its timed "
+                        "part was 17 steps, short enough for a few CPU-seconds of start-up noise to matter)")
     p.add_argument("--short", type=int, default=10, help="steps of the start-up run subtracted on a CPU")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
@@ -239,7 +245,7 @@ def main() -> None:
           f"{f' ({packed_steps} steps of bins: {rows} rows in {bins} bins)' if packing else ''}, sequence_len "
           f"{a.seq}, device {'cpu (rates per CPU-second, one thread)' if cpu else 'cuda'}, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    # Built in the order they run: each side's short run first, then the long runs interleaved.
+    # Per repeat, each side in turn: its short run, then its long one.
     sides = {"newt": Side("newt SFT" if not a.no_plain else "unpacked",
                           lambda n, tag: run_newt(recipe, n, prepared, tmp / f"newt-{tag}"), a.steps, a.short, cpu)}
     if not a.no_plain:
