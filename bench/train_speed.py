@@ -14,8 +14,8 @@ rate there is per CPU-second of the training processes, the child pinned to one 
 which accelerate passes on): every run is timed by its processes' user+system time (`getrusage(RUSAGE_CHILDREN)`
 around the launch), and start-up (imports, model and data loading, saving) is taken out by a `--short`-step run of
 the same side just before each long one: rate = (tokens(long) − tokens(short)) / (cpu(long) − cpu(short)), the
-steps in between. Contention moves CPU time far less than wall time (the same run: 42 → 27 CPU-s while its wall
-rate went 113 → 1,372 tokens/s as the load fell from 14 to 4), but it does move it, so only ratios inside a
+steps in between. Contention moves CPU time far less than wall time (the same 60-step plain run: 42 and 27 CPU-s,
+wall rates 113 and 1,436 tokens/s, as the load fell from 14 to 4), but it does move it, so only ratios inside a
 repeat are stated; the wall rates are printed beside them.
 
 Runs are interleaved (newt, plain, packed, newt, ...) so what load does to CPU time (shared caches) hits every
