@@ -4,17 +4,26 @@
    run, on the same model, the same prepared rows (input_ids + labels from newt's prepared stage), the same batch,
    LoRA settings, optimizer and seed. The plain script is `--plain` mode of this file: a bare `SFTTrainer` with
    nothing of newt's (no Pipes reporter, no metrics callback, no checkpoint logic).
-2. Packed vs unpacked (`sample_packing`): effective tokens/s = real (unpadded) tokens trained per second, on
-   variable-length rows, same number of optimizer steps.
+2. Packed vs unpacked (`sample_packing`, goal ≥ 1.2×): effective tokens/s = real (unpadded) tokens trained per
+   second, on variable-length rows. Both train the same examples: the packed run takes `--steps` × bins/rows steps
+   (each of its steps holds about rows/bins examples), so it does not train three times the data of the other.
 
-Tokens/s = TRL's logged `num_tokens` (real tokens seen) / `train_runtime` (the trainer's own clock: model loading
-and process start-up are excluded for both sides alike).
+What is timed. On a GPU: TRL's `train_runtime` (the trainer's own wall clock; start-up excluded). On a CPU the wall
+clock is the load of whoever shares the machine (the same run took 112 s and 37 s as the load fell), so the stated
+rate there is per CPU-second of the training processes, the child pinned to one thread (`OMP_NUM_THREADS=1`,
+which accelerate passes on): every run is timed by its processes' user+system time (`getrusage(RUSAGE_CHILDREN)`
+around the launch), and start-up (imports, model and data loading, saving) is taken out by a `--short`-step run of
+the same side just before each long one: rate = (tokens(long) − tokens(short)) / (cpu(long) − cpu(short)), the
+steps in between. Contention moves CPU time far less than wall time (the same 60-step plain run: 42 and 27 CPU-s,
+wall rates 113 and 1,436 tokens/s, as the load fell from 14 to 4), but it does move it, so only ratios inside a
+repeat are stated; the wall rates are printed beside them.
 
-Runs are interleaved (newt, plain, newt, plain, ...; packed, unpacked, ...) so background load hits both sides
-alike; each side's median is printed with every run, and the ratio is the median of the per-pair ratios. The two
-halves of the pairs must agree within 5 % for a ratio to be worth stating: the script says whether they do.
+Runs are interleaved (newt, plain, packed, newt, ...) so what load does to CPU time (shared caches) hits every
+side alike; each run is printed as it ends, then each side's median with all its runs, a ratio is the median of the
+per-repeat ratios, and the script says whether the first and second half of the repeats agree within 5 %. The
+unpacked side of 2. is the newt side of 1. (the same recipe and rows).
 
-    .venv/bin/python bench/train_speed.py [--model builtin:tiny-llama] [--steps 120] [--repeats 4] [--seq 256]
+    .venv/bin/python bench/train_speed.py [--model random-small] [--steps 120] [--short 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,30 +94,44 @@ def prepare(recipe_text: str, folder: Path) -> tuple[object, Path]:
     return recipe, store.local_path("prepared", keys["prepared"].key)
 
 
-def run_newt(recipe, prepared: Path, out: Path) -> dict:
-    from newt.models import resolve
-    from newt.train import accelerate_command, child_env, resolved_recipe
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(resolved_recipe(recipe)))
-    cmd = accelerate_command(recipe, ["--recipe", str(out / "recipe.json"), "--data", str(prepared), "--output",
-                                      str(out), "--base-model", resolve(recipe.base_model)])
-    subprocess.run(cmd, env=child_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    m = json.loads((out / "metrics.json").read_text())
-    return {"num_tokens": m["num_tokens"], "train_runtime_s": m["train_runtime_s"]}
+def launched(cmd: list[str]) -> float:
+    """Run `cmd` (accelerate and the training child under it) and return the CPU seconds its processes used.
 
-
-def run_plain(model: str, prepared: Path, out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
+    RUSAGE_CHILDREN counts every descendant once it has been waited for: accelerate waits for its child, we wait
+    for accelerate."""
     from newt.train import child_env
 
-    out.mkdir(parents=True, exist_ok=True)
-    cpu = [] if _cuda() else ["--cpu"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *cpu, "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).resolve()), "--plain",
-           "--model", model, "--data", str(prepared), "--out", str(out), "--steps", str(steps), "--batch", str(batch),
-           "--lr", str(lr), "--seed", str(seed)]
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    before = cpu()
     subprocess.run(cmd, env=child_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads((out / "plain.json").read_text())
+    return cpu() - before
+
+
+def run_newt(recipe, steps: int, prepared: Path, out: Path) -> dict:
+    from newt.models import resolve
+    from newt.train import accelerate_command, resolved_recipe
+
+    recipe = recipe.model_copy(update={"max_steps": steps})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(resolved_recipe(recipe)))
+    cpu = launched(accelerate_command(recipe, ["--recipe", str(out / "recipe.json"), "--data", str(prepared),
+                                               "--output", str(out), "--base-model", resolve(recipe.base_model)]))
+    m = json.loads((out / "metrics.json").read_text())
+    return {"num_tokens": m["num_tokens"], "train_runtime_s": m["train_runtime_s"], "cpu_s": cpu}
+
+
+def run_plain(model: str, steps: int, prepared: Path, out: Path, batch: int, lr: float, seed: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    device = [] if _cuda() else ["--cpu"]
+    cpu = launched([sys.executable, "-m", "accelerate.commands.launch", *device, "--num_processes", "1",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(Path(__file__).resolve()), "--plain", "--model", model, "--data", str(prepared), "--out",
+                    str(out), "--steps", str(steps), "--batch", str(batch), "--lr", str(lr), "--seed", str(seed)])
+    return {**json.loads((out / "plain.json").read_text()), "cpu_s": cpu}
 
 
 def _cuda() -> bool:
@@ -115,28 +140,57 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def tps(r: dict) -> float:
-    return r["num_tokens"] / r["train_runtime_s"]
+class Side:
+    """One way of training (newt, plain, packed): its runs, and its rates per run (tokens/s of wall clock, and on
+    a CPU tokens per CPU-second of the steps between the short run and a long one)."""
+
+    def __init__(self, label: str, run, steps: int, short: int, cpu: bool):
+        self.label, self.run, self.steps, self.short_steps, self.cpu = label, run, steps, short, cpu
+        self.wall: list[float] = []
+        self.rate: list[float] = []  # what is stated: per CPU-second on a CPU, per wall second on a GPU
+
+    def repeat(self, i: int) -> None:
+        # The short run is repeated beside each long one: CPU time is far steadier than wall time under load, but
+        # not constant (the same 60-step run took 42 and 27 CPU-s at load 14 and 4: shared caches), so a start-up
+        # measured once, early, under other load, mis-states every later run.
+        if self.cpu:
+            self.short = self.run(self.short_steps, f"short{i}")
+            print(f"  {self.label} short run {i}: {self.short_steps} steps, {self.short['num_tokens']} tokens, "
+                  f"{self.short['cpu_s']:.1f} CPU-s", flush=True)  # each run printed as it ends
+        r = self.run(self.steps, f"long{i}")
+        self.wall.append(r["num_tokens"] / r["train_runtime_s"])
+        if self.cpu:
+            tokens, seconds = r["num_tokens"] - self.short["num_tokens"], r["cpu_s"] - self.short["cpu_s"]
+            if tokens <= 0 or seconds <= 0:
+                raise SystemExit(f"{self.label}: the long run ({self.steps} steps) must train more than the short "
+                                 "one; raise --steps or lower --short")
+            self.rate.append(tokens / seconds)
+        else:
+            self.rate.append(self.wall[-1])
+        per = "CPU-s" if self.cpu else "s"
+        print(f"  {self.label} run {i}: {self.steps} steps, {r['num_tokens']} tokens, {r['cpu_s']:.1f} CPU-s, "
+              f"{r['train_runtime_s']:.1f} s train_runtime -> {self.rate[-1]:.1f} tokens/{per}", flush=True)
+
+    def line(self, unit: str) -> str:
+        per = "CPU-second" if self.cpu else "second"
+        text = (f"{self.label:<14} {statistics.median(self.rate):8.1f} {unit}/{per}   "
+                f"(runs: {[round(x, 1) for x in self.rate]})")
+        if self.cpu:
+            text += f"; wall {statistics.median(self.wall):.1f}/s (runs: {[round(x, 1) for x in self.wall]})"
+        return text
 
 
-def interleaved(label_a: str, run_a, label_b: str, run_b, repeats: int, unit: str) -> float:
-    """Run a, b, a, b, ... (background load then hits both sides alike) and print each side's median tokens/s, the
-    per-pair ratios a/b and whether the first and second half of the pairs agree within 5 %. Returns the median
-    ratio."""
-    import statistics
-
-    a, b = [], []
-    for i in range(repeats):
-        a.append(tps(run_a(i)))
-        b.append(tps(run_b(i)))
-    ratios = [x / y for x, y in zip(a, b)]
+def compare(a: Side, b: Side, unit: str) -> float:
+    """Print both sides, the per-repeat ratios a/b and whether the halves of the repeats agree within 5 %; return
+    the median ratio."""
+    ratios = [x / y for x, y in zip(a.rate, b.rate)]
     half = max(len(ratios) // 2, 1)
     first, second = statistics.median(ratios[:half]), statistics.median(ratios[half:] or ratios[:half])
     agree = abs(first - second) / max(first, second) <= 0.05
-    print(f"{label_a:<14} {statistics.median(a):10.1f} {unit}   (runs: {[round(x, 1) for x in a]})")
-    print(f"{label_b:<14} {statistics.median(b):10.1f} {unit}   (runs: {[round(x, 1) for x in b]})")
-    print(f"  pair ratios {label_a}/{label_b}: {[round(r, 3) for r in ratios]}; halves {first:.3f} vs {second:.3f}: "
-          f"{'agree within 5 %' if agree else 'DO NOT agree within 5 % (noisy machine: more --repeats or --steps)'}")
+    print(a.line(unit))
+    print(b.line(unit))
+    print(f"  ratios {a.label}/{b.label} per repeat: {[round(r, 3) for r in ratios]}; halves {first:.3f} vs "
+          f"{second:.3f}: {'agree within 5 %' if agree else 'DO NOT agree within 5 % (more --repeats or --steps)'}")
     return statistics.median(ratios)
 
 
@@ -145,15 +199,23 @@ def main() -> None:
     p.add_argument("--model", default="random-small",
                    help="a model name/path, or random-small: a random 4-layer hidden-256 Llama (≈3M parameters, "
                         "enough compute per step to time on a CPU; the 140k-parameter builtin is too small)")
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps per run (40 were too few to agree)")
+    p.add_argument("--steps", type=int, default=120,
+                   help="optimizer steps of an unpacked run (the packed run takes steps × bins/rows: at 60 its timed "
+                        "part was 17 steps, short enough for a few CPU-seconds of start-up noise to matter)")
+    p.add_argument("--short", type=int, default=10, help="steps of the start-up run subtracted on a CPU")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--rows", type=int, default=4000)
-    p.add_argument("--repeats", type=int, default=4, help="interleaved runs per side; medians are reported")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side; medians are reported")
     p.add_argument("--no-packing", action="store_true", help="skip the packed vs unpacked comparison")
     p.add_argument("--no-plain", action="store_true", help="skip the newt vs plain TRL comparison")
     a = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cpu = not _cuda()
+    if cpu:
+        os.environ["OMP_NUM_THREADS"] = "1"  # CPU time = work: no spinning thread pool under contention
+    import datasets
+
     from newt.config import Recipe
     from newt.models import resolve
 
@@ -168,24 +230,44 @@ def main() -> None:
             f"lora_alpha: 16\nmicro_batch_size: {a.batch}\nmax_steps: {a.steps}\nlearning_rate: 0.0002\n"
             f"lr_scheduler: constant\nlogging_steps: 1\nsave_steps: 100000\n")
     recipe, prepared = prepare(base, tmp / "unpacked")
-    print(f"model {a.model}, {a.steps} steps × batch {a.batch}, sequence_len {a.seq}, device "
-          f"{'cuda' if _cuda() else 'cpu'}, load average {os.getloadavg()[0]:.1f}")
-    if not a.no_plain:
-        ratio = interleaved("newt SFT", lambda i: run_newt(recipe, prepared, tmp / f"newt{i}"), "plain TRL SFT",
-                            lambda i: run_plain(resolve(a.model), prepared, tmp / f"plain{i}", a.steps, a.batch,
-                                                2e-4, 42), a.repeats, "tokens/s")
-        print(f"ratio newt/plain = {ratio:.3f}  (median of pairs; goal ≥ 0.95)")
+    packing = not a.no_packing and "sample_packing" in Recipe.model_fields
+    if packing:
+        packed_recipe, packed = prepare(base + "sample_packing: true\n", tmp / "packed")
 
-    if a.no_packing:
-        return
-    if "sample_packing" not in Recipe.model_fields:
+        def train_rows(folder: Path) -> int:
+            return datasets.load_from_disk(str(folder / "data"))["train"].num_rows
+
+        rows, bins = train_rows(prepared), train_rows(packed)
+        # Same examples on both sides, short runs included: steps of bins = steps of rows × bins/rows.
+        packed_short = max(round(a.short * bins / rows), 1)
+        packed_steps = max(round(a.steps * bins / rows), packed_short + 1)
+    print(f"model {a.model}, {a.steps} steps × batch {a.batch}"
+          f"{f' ({packed_steps} steps of bins: {rows} rows in {bins} bins)' if packing else ''}, sequence_len "
+          f"{a.seq}, device {'cpu (rates per CPU-second, one thread)' if cpu else 'cuda'}, load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    # Per repeat, each side in turn: its short run, then its long one.
+    sides = {"newt": Side("newt SFT" if not a.no_plain else "unpacked",
+                          lambda n, tag: run_newt(recipe, n, prepared, tmp / f"newt-{tag}"), a.steps, a.short, cpu)}
+    if not a.no_plain:
+        sides["plain"] = Side("plain TRL SFT", lambda n, tag: run_plain(resolve(a.model), n, prepared,
+                                                                        tmp / f"plain-{tag}", a.batch, 2e-4, 42),
+                              a.steps, a.short, cpu)
+    if packing:
+        sides["packed"] = Side("packed", lambda n, tag: run_newt(packed_recipe, n, packed, tmp / f"packed-{tag}"),
+                               packed_steps, packed_short, cpu)
+    for i in range(a.repeats):
+        for side in sides.values():
+            side.repeat(i)
+    if not a.no_plain:
+        ratio = compare(sides["newt"], sides["plain"], "tokens")
+        print(f"ratio newt/plain = {ratio:.3f}  (median of repeats; goal ≥ 0.95)")
+    if packing:
+        sides["newt"].label = "unpacked"
+        speedup = compare(sides["packed"], sides["newt"], "real tokens")
+        print(f"packing: effective tokens/s packed/unpacked = {speedup:.2f}x  (median of repeats; goal ≥ 1.2)")
+    elif not a.no_packing:
         print("packed vs unpacked: skipped (this newt has no sample_packing key)")
-        return
-    packed_recipe, packed = prepare(base + "sample_packing: true\n", tmp / "packed")
-    speedup = interleaved("packed", lambda i: run_newt(packed_recipe, packed, tmp / f"p{i}"), "unpacked",
-                          lambda i: run_newt(recipe, prepared, tmp / f"u{i}"), a.repeats,
-                          "effective tokens/s (real tokens, padding excluded)")
-    print(f"packing: effective tokens/s packed/unpacked = {speedup:.2f}x  (median of pairs; goal ≥ 1.2)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

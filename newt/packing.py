@@ -104,7 +104,10 @@ def pack_dataset(rows: Any, order: np.ndarray, capacity: int, *, seed: int,
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     features = datasets.Features({name: datasets.List(datasets.Value("int32"))
                                   for name in ("input_ids", "labels", "seq_lengths")})
-    stored = np.sort(np.asarray(order, dtype=np.int64))
+    # Row numbers in storage order: the one array here that grows with the rows (int32 while they fit: half the
+    # memory); a copy, as the caller's order is theirs.
+    stored = np.array(order, dtype=np.int32 if offsets[-1] < 2**31 else np.int64)
+    stored.sort()
     parts, tokens, n_bins = [], 0, 0
     for w, start in enumerate(range(0, len(stored), WINDOW)):
         packed, t, b = pack_window(gather(files, offsets, stored[start:start + WINDOW], ["input_ids", "labels"]),

@@ -100,7 +100,9 @@ def test_windowed_packing_keeps_every_row_once_and_bins_within_windows(tmp_path,
     monkeypatch.setattr(newt.packing, "WINDOW", 16)
     out = tmp_path / "out"
     out.mkdir()
+    given = order.copy()
     packed, bin_order, info = pack_dataset(rows, order, 64, seed=3, cache_dir=str(out))
+    assert order.tolist() == given.tolist()  # the caller's (prepared's) shuffled order is not sorted in place
     seen, windows = [], []
     for row in packed:
         assert sum(row["seq_lengths"]) == len(row["input_ids"]) == len(row["labels"]) <= 64
