@@ -7,9 +7,9 @@ dataset → prepared → trained → merged → quantized → evaluation in Dags
 parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
 in full precision, and an answer generated for each held-out row by every evaluated variant.
 
-Families not here (see docs/masking.md, "Vision-language families"): their transformers 5.24 processors need
-torchvision (Qwen2-VL/2.5-VL/3-VL, GLM-4V, InternVL, SmolVLM2 and Gemma 4 through their video processors; Pixtral,
-Mistral 3, Llama 4 and LFM2-VL through their image processors), which this environment cannot import.
+Families not here: see docs/masking.md, "Vision-language families". Llama 4 masks and prepares, but its forward
+raises in transformers 5.24.0 (an upstream bug, `Family.forward_bug`): its pipeline and collator tests assert that
+exact error and xfail, so they fail (and tell) once the upstream fix lands.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class Family:
     image_size: int
     model_class: str
     towers: tuple[str, ...]  # the modules quantization keeps in full precision
+    user_end: bool = True  # the user turn ends with `end` (Mistral's `[/INST]` opens the answer instead)
+    forward_bug: str | None = None  # an upstream bug that breaks the model's forward in this transformers
 
 
 FAMILIES = {
@@ -54,6 +56,19 @@ FAMILIES = {
     "llama3_2_vision": Family("builtin:tiny-llama3_2_vision", "<|eot_id|>", ("<|image|>",), 28,
                               "MllamaForConditionalGeneration",
                               ("model.multi_modal_projector", "model.vision_model")),
+    "pixtral": Family("builtin:tiny-pixtral", "</s>", ("[IMG]", "[IMG_BREAK]", "[IMG_END]"), 32,
+                      "LlavaForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower"),
+                      user_end=False),
+    "mistral3": Family("builtin:tiny-mistral3", "</s>", ("[IMG]", "[IMG_BREAK]", "[IMG_END]"), 42,
+                       "Mistral3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower"),
+                       user_end=False),
+    "llama4": Family("builtin:tiny-llama4", "<|eot|>", ("<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>"),
+                     56, "Llama4ForConditionalGeneration", ("multi_modal_projector", "vision_model"),
+                     # transformers 5.24.0 modeling_llama4.py:1318 reads `outputs.image_outputs` off the language
+                     # model's MoeCausalLMOutputWithPast, so every forward raises AttributeError.
+                     forward_bug="'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs'"),
+    "lfm2_vl": Family("builtin:tiny-lfm2_vl", "<|im_end|>", ("<|image_start|>", "<image>", "<|image_end|>"), 64,
+                      "Lfm2VlForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -100,8 +115,8 @@ def expected_runs(tok, family: Family, train_on_eos: str) -> list[list[int]]:
     red, yes = tok.encode("red", add_special_tokens=False), tok.encode("yes", add_special_tokens=False)
     end = [tok.convert_tokens_to_ids(family.end)]
     return {"turn": [red + end, yes + end], "none": [red, yes], "last": [red, yes + end],
-            # "all" also trains the user turns' end markers
-            "all": [end, red + end, end, yes + end]}[train_on_eos]
+            # "all" also trains the user turns' end markers, where the user turn has its own
+            "all": [end, red + end, end, yes + end] if family.user_end else [red + end, yes + end]}[train_on_eos]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES), ids=list(FAMILIES))
@@ -174,6 +189,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data))
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
     stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    if spec.forward_bug:  # masking and prepared still checked below; training stops at the upstream forward
+        stages = ("dataset", "prepared")
     selection = [a for a in defs.assets if a.key.path[-1] in stages]
     result = dg.materialize(selection, resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -193,6 +210,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
         assert runs(row["labels"]) == want
         assert all(lab == X for t, lab in zip(row["input_ids"], row["labels"]) if t in media)
         assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
+    if spec.forward_bug:
+        pytest.xfail(f"{spec.model_class} cannot train in this transformers: {spec.forward_bug}")
 
     # trained: one step; merged: parameters changed, the family's own class reloads it with its processor
     assert meta["trained"]["global_step"].value == 1 and np.isfinite(meta["trained"]["final_loss"].value)
@@ -275,7 +294,28 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
     elif family == "smolvlm":
         assert keys == {"pixel_values", "pixel_attention_mask"}
         assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 56, 56)
+    elif family in ("pixtral", "mistral3"):
+        # The image at the size the processor resized it to: Mistral 3 pads the 42-pixel image to the merged
+        # 28-pixel cells (56), as it did when it counted the row's [IMG] tokens (the image processor alone gives 42).
+        side = {"pixtral": 32, "mistral3": 56}[family]
+        assert keys == {"pixel_values", "image_sizes"} and batch["image_sizes"].tolist() == [[side, side]]
+        assert tuple(batch["pixel_values"].shape) == (1, 3, side, side)
+    elif family == "lfm2_vl":
+        # NaFlex: the image as a sequence of 16 flattened 16-pixel patches (a 4 × 4 grid), all valid
+        assert keys == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
+        assert tuple(batch["pixel_values"].shape) == (1, 16, 3 * 16 * 16) and batch["spatial_shapes"].tolist() == [[4, 4]]
+        assert batch["pixel_attention_mask"].tolist() == [[1] * 16]
+    elif family == "llama4":
+        # Llama 4's image processor normalizes in bfloat16 (Meta's reference); the collator casts to the model's dtype
+        assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 56, 56)
+        assert batch["pixel_values"].dtype == torch.bfloat16
+        assert VisionCollator(proc, torch.float32)(rows)["pixel_values"].dtype == torch.float32
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     model = transformers.AutoModelForImageTextToText.from_pretrained(local_snapshot(spec.model))
+    batch = VisionCollator(proc, model.dtype)(rows)  # as training builds it
+    if spec.forward_bug:
+        with pytest.raises(AttributeError, match=spec.forward_bug):  # fails here once upstream fixes it
+            model(**batch)
+        pytest.xfail(f"{spec.model_class}'s forward in this transformers: {spec.forward_bug}")
     assert torch.isfinite(model(**batch).loss)

@@ -140,7 +140,7 @@ FAMILIES: tuple[Family, ...] = (
 # even inside trained spans: they are inputs, never predictions. Sources: the tokenizer configs of
 # Qwen2-VL/2.5-VL, Llama 3.2 Vision (`<|image|>`), Gemma 3 (`<start_of_image>`, `<image_soft_token>`,
 # `<end_of_image>`), Gemma 3n/4 audio/video tokens, Pixtral/mistral-common tekken ([IMG], [IMG_BREAK],
-# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM.
+# [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM, LFM2-VL.
 MEDIA_TOKENS: tuple[str, ...] = (
     "<|vision_start|>",
     "<|vision_end|>",
@@ -176,4 +176,8 @@ MEDIA_TOKENS: tuple[str, ...] = (
     "<video>",
     "<fake_token_around_image>",
     "<global-img>",
+    # LFM2-VL (LiquidAI/LFM2-VL tokenizer): a tiled image is `<|img_row_R_col_C|>` + tokens per tile, then
+    # `<|img_thumbnail|>` + the thumbnail's tokens (Lfm2VlProcessor; at most max_tiles=10 tiles, so R, C ≤ 10).
+    "<|img_thumbnail|>",
+    *(f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11)),
 )

@@ -119,7 +119,9 @@ def process_and_mask(
     texts = masker.render(conversations)
     row_bytes = [[image_bytes(ref, base) for ref in image_refs(c, images[i] if images else ())]
                  for i, c in enumerate(conversations)]
-    kwargs = {"text": texts, "add_special_tokens": False, **processor_kwargs}  # the template writes BOS
+    # The template writes BOS. Lists, not tensors: rows differ in length, and some processors default to tensors
+    # (PixtralProcessor: return_tensors="pt").
+    kwargs = {"text": texts, "add_special_tokens": False, "return_tensors": None, **processor_kwargs}
     if any(row_bytes):
         kwargs["images"] = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in row_bytes]
     enc = processor(**kwargs)
