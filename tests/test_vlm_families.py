@@ -303,8 +303,8 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
     elif family == "lfm2_vl":
         # NaFlex: the image as a sequence of 16 flattened 16-pixel patches (a 4 × 4 grid), all valid
         assert keys == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
-        assert tuple(batch["pixel_values"].shape) == (1, 16, 3 * 16 * 16) and batch["spatial_shapes"].tolist() == [[4, 4]]
-        assert batch["pixel_attention_mask"].tolist() == [[1] * 16]
+        assert tuple(batch["pixel_values"].shape) == (1, 16, 3 * 16 * 16)
+        assert batch["spatial_shapes"].tolist() == [[4, 4]] and batch["pixel_attention_mask"].tolist() == [[1] * 16]
     elif family == "llama4":
         # Llama 4's image processor normalizes in bfloat16 (Meta's reference); the collator casts to the model's dtype
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 56, 56)
