@@ -319,3 +319,33 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
             model(**batch)
         pytest.xfail(f"{spec.model_class}'s forward in this transformers: {spec.forward_bug}")
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_lfm2_vl_tiled_image_headers_are_media() -> None:
+    """LFM2-VL splits a large image into tiles, each behind `<|img_row_R_col_C|>`, plus `<|img_thumbnail|>` and the
+    thumbnail's tokens: with train_on_inputs every one of them is -100 like the image tokens (builtin MEDIA_TOKENS).
+    The tiny builder does not tile; this processor does, on the tiny tokenizer with LFM2-VL's grid tokens added."""
+    from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
+
+    from newt.models import load_processor
+
+    base = load_processor("builtin:tiny-lfm2_vl")
+    tok = base.tokenizer
+    grid = [f"<|img_row_{r}_col_{c}|>" for r in (1, 2) for c in (1, 2)]
+    tok.add_special_tokens({"additional_special_tokens": grid}, replace_extra_special_tokens=False)
+    # 32-pixel tiles of (32 / 16)² patches → 1 token each; a 64 × 128 image is over the 4-token budget, so 1 × 2
+    # tiles and a thumbnail in the budget (32 × 64: 2 tokens)
+    images = Lfm2VlImageProcessor(do_image_splitting=True, encoder_patch_size=16, downsample_factor=2,
+                                  min_image_tokens=4, max_image_tokens=4, tile_size=32, min_tiles=2, max_tiles=4,
+                                  max_pixels_tolerance=1.0)
+    proc = Lfm2VlProcessor(image_processor=images, tokenizer=tok, chat_template=base.chat_template)
+    image = Image.fromarray(np.full((64, 128, 3), COLOURS["red"], dtype=np.uint8))
+    conv = conversation("red")[:2]
+    out = process_and_mask(proc, [conv], Masker(proc, train_on_inputs=True), images=[[image]])
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    media = ["<|image_start|>", "<|img_row_1_col_1|>", "<image>", "<|img_row_1_col_2|>", "<image>",
+             "<|img_thumbnail|>", "<image>", "<image>", "<|image_end|>"]
+    first = ids.index(tok.convert_tokens_to_ids("<|image_start|>"))
+    assert tok.convert_ids_to_tokens(ids[first:first + len(media)]) == media
+    media_ids = set(tok.convert_tokens_to_ids(media))
+    assert labels == [X if t in media_ids else t for t in ids]
