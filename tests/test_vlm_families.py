@@ -1,15 +1,17 @@
 """Every vision-language family newt builds a tiny model for (`builtin:tiny-<family>`, newt/tiny_vlm/) masks,
 trains, merges, quantizes and evaluates through the assets.
 
-Per family: the exact labels of a two-turn row with an image (Voxtral: an audio clip) for each `train_on_eos` and for `train_on_inputs`
-(the processor expands the image, the same scanner labels the ids, every media id is -100), then one recipe through
+Per family: the exact labels of a two-turn row with an image (Voxtral: an audio clip) for each `train_on_eos` and
+for `train_on_inputs` (the processor expands the media, the same scanner labels the ids, every media id is -100),
+then one recipe through
 dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer step that changes
 parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
 in full precision, and an answer generated for each held-out row by every evaluated variant.
 
-Families not here (see docs/masking.md, "Vision-language families"): their transformers 5.24 processors need
-torchvision (InternVL, SmolVLM2 and Gemma 4 through their video processors; Pixtral,
-Mistral 3, Llama 4 and LFM2-VL through their image processors), which this environment cannot import.
+These are the sixteen families of issue 15 (docs/masking.md, "Vision-language families"). Llama 4 masks and
+prepares, but its forward
+raises in transformers 5.24.0 (an upstream bug, `Family.forward_bug`): its pipeline and collator tests assert that
+exact error and xfail, so they fail (and tell) once the upstream fix lands.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Family:
     answer_prefix: str = ""
     medium: str = "image"  # "image" or "audio": what the first user turn carries
     sequence_len: int = 128  # the pipeline recipe's (an audio clip is 375 tokens)
+    forward_bug: str | None = None  # an upstream bug that breaks the model's forward in this transformers
 
 
 FAMILIES = {
@@ -84,6 +87,19 @@ FAMILIES = {
     "voxtral": Family("builtin:tiny-voxtral", "</s>", ("[BEGIN_AUDIO]", "[AUDIO]"), 0,
                       "VoxtralForConditionalGeneration", ("model.audio_tower", "model.multi_modal_projector"),
                       medium="audio", sequence_len=512, input_ends=(0, 0)),  # `[/INST]` opens the answer
+    "pixtral": Family("builtin:tiny-pixtral", "</s>", ("[IMG]", "[IMG_BREAK]", "[IMG_END]"), 32,
+                      "LlavaForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower"),
+                      input_ends=(0, 0)),
+    "mistral3": Family("builtin:tiny-mistral3", "</s>", ("[IMG]", "[IMG_BREAK]", "[IMG_END]"), 42,
+                       "Mistral3ForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower"),
+                       input_ends=(0, 0)),
+    "llama4": Family("builtin:tiny-llama4", "<|eot|>", ("<|image_start|>", "<|image|>", "<|patch|>", "<|image_end|>"),
+                     56, "Llama4ForConditionalGeneration", ("multi_modal_projector", "vision_model"),
+                     # transformers 5.24.0 modeling_llama4.py:1318 reads `outputs.image_outputs` off the language
+                     # model's MoeCausalLMOutputWithPast, so every forward raises AttributeError.
+                     forward_bug="'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs'"),
+    "lfm2_vl": Family("builtin:tiny-lfm2_vl", "<|im_end|>", ("<|image_start|>", "<image>", "<|image_end|>"), 64,
+                      "Lfm2VlForConditionalGeneration", ("model.multi_modal_projector", "model.vision_tower")),
 }
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 TONES = {"red": 220.0, "green": 440.0, "blue": 880.0}  # audio families: each answer's sine wave (Hz)
@@ -258,6 +274,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
     (recipes / f"{family}.yaml").write_text(RECIPE.format(model=spec.model, data=data, sequence_len=spec.sequence_len))
     defs = build_definitions(recipes, NewtStore(root=str(tmp_path / "store")))
     stages = ("dataset", "prepared", "trained", "merged", "quantized", "evaluation")
+    if spec.forward_bug:  # masking and prepared still checked below; training stops at the upstream forward
+        stages = ("dataset", "prepared")
     selection = [a for a in defs.assets if a.key.path[-1] in stages]
     result = dg.materialize(selection, resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -280,6 +298,8 @@ def test_family_trains_merges_quantizes_and_evaluates_through_the_assets(family:
             assert row["images"] == [] and row["audios"] == [tone(answer)]
         else:
             assert tuple(np.asarray(Image.open(io.BytesIO(row["images"][0])))[0, 0]) == COLOURS[answer]
+    if spec.forward_bug:
+        pytest.xfail(f"{spec.model_class} cannot train in this transformers: {spec.forward_bug}")
 
     # trained: one step; merged: parameters changed, the family's own class reloads it with its processor
     assert meta["trained"]["global_step"].value == 1 and np.isfinite(meta["trained"]["final_loss"].value)
@@ -410,10 +430,61 @@ def test_collator_gives_the_forward_what_the_processor_gives(family: str, proces
         assert keys == {"pixel_values", "token_type_ids"}
         assert batch["token_type_ids"].tolist() == placeholder.long().tolist() and int(placeholder.sum()) == 4
         assert tuple(batch["pixel_values"].shape) == (1, 3, 64, 64)
+    elif family in ("pixtral", "mistral3"):
+        # The image at the size the processor resized it to: Mistral 3 pads the 42-pixel image to the merged
+        # 28-pixel cells (56), as it did when it counted the row's [IMG] tokens (the image processor alone gives 42).
+        side = {"pixtral": 32, "mistral3": 56}[family]
+        assert keys == {"pixel_values", "image_sizes"} and batch["image_sizes"].tolist() == [[side, side]]
+        assert tuple(batch["pixel_values"].shape) == (1, 3, side, side)
+    elif family == "lfm2_vl":
+        # NaFlex: the image as a sequence of 16 flattened 16-pixel patches (a 4 × 4 grid), all valid
+        assert keys == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
+        assert tuple(batch["pixel_values"].shape) == (1, 16, 3 * 16 * 16)
+        assert batch["spatial_shapes"].tolist() == [[4, 4]] and batch["pixel_attention_mask"].tolist() == [[1] * 16]
+    elif family == "llama4":
+        # Llama 4's image processor normalizes in bfloat16 (Meta's reference); the collator casts to the model's dtype
+        assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 56, 56)
+        assert batch["pixel_values"].dtype == torch.bfloat16
+        assert VisionCollator(proc, torch.float32)(rows)["pixel_values"].dtype == torch.float32
     else:
         assert keys == {"pixel_values"} and tuple(batch["pixel_values"].shape) == (1, 3, 28, 28)
     model = transformers.AutoModelForMultimodalLM.from_pretrained(local_snapshot(spec.model))
+    batch = VisionCollator(proc, model.dtype)(rows)  # as training builds it
+    if spec.forward_bug:
+        with pytest.raises(AttributeError, match=spec.forward_bug):  # fails here once upstream fixes it
+            model(**batch)
+        pytest.xfail(f"{spec.model_class}'s forward in this transformers: {spec.forward_bug}")
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_lfm2_vl_tiled_image_headers_are_media() -> None:
+    """LFM2-VL splits a large image into tiles, each behind `<|img_row_R_col_C|>`, plus `<|img_thumbnail|>` and the
+    thumbnail's tokens: with train_on_inputs every one of them is -100 like the image tokens (builtin MEDIA_TOKENS).
+    The tiny builder does not tile; this processor does, on the tiny tokenizer with LFM2-VL's grid tokens added."""
+    from transformers import Lfm2VlImageProcessor, Lfm2VlProcessor
+
+    from newt.models import load_processor
+
+    base = load_processor("builtin:tiny-lfm2_vl")
+    tok = base.tokenizer
+    grid = [f"<|img_row_{r}_col_{c}|>" for r in (1, 2) for c in (1, 2)]
+    tok.add_special_tokens({"additional_special_tokens": grid}, replace_extra_special_tokens=False)
+    # 32-pixel tiles of (32 / 16)² patches → 1 token each; a 64 × 128 image is over the 4-token budget, so 1 × 2
+    # tiles and a thumbnail in the budget (32 × 64: 2 tokens)
+    images = Lfm2VlImageProcessor(do_image_splitting=True, encoder_patch_size=16, downsample_factor=2,
+                                  min_image_tokens=4, max_image_tokens=4, tile_size=32, min_tiles=2, max_tiles=4,
+                                  max_pixels_tolerance=1.0)
+    proc = Lfm2VlProcessor(image_processor=images, tokenizer=tok, chat_template=base.chat_template)
+    image = Image.fromarray(np.full((64, 128, 3), COLOURS["red"], dtype=np.uint8))
+    conv = conversation("red")[:2]
+    out = process_and_mask(proc, [conv], Masker(proc, train_on_inputs=True), images=[[image]])
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    media = ["<|image_start|>", "<|img_row_1_col_1|>", "<image>", "<|img_row_1_col_2|>", "<image>",
+             "<|img_thumbnail|>", "<image>", "<image>", "<|image_end|>"]
+    first = ids.index(tok.convert_tokens_to_ids("<|image_start|>"))
+    assert tok.convert_ids_to_tokens(ids[first:first + len(media)]) == media
+    media_ids = set(tok.convert_tokens_to_ids(media))
+    assert labels == [X if t in media_ids else t for t in ids]
 
 
 def test_collator_lays_out_pixels_with_the_processors_image_defaults(processors) -> None:

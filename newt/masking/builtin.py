@@ -161,7 +161,7 @@ FAMILIES: tuple[Family, ...] = (
 # `<end_of_image>`), Gemma 3n/4 audio/video tokens, Pixtral/mistral-common tekken ([IMG], [IMG_BREAK],
 # [IMG_END]), Llama 4 (`<|image_start|>` ... `<|patch|>`), LLaVA (`<image>`), Idefics3/SmolVLM, InternVL
 # (`<img>`, `<IMG_CONTEXT>`, `</img>`), GLM-4V (`<|begin_of_image|>` `<|image|>`… `<|end_of_image|>`, video and audio
-# alike: zai-org/GLM-4.6V-Flash tokenizer).
+# alike: zai-org/GLM-4.6V-Flash tokenizer), LFM2-VL.
 MEDIA_TOKENS: tuple[str, ...] = (
     "<|vision_start|>",
     "<|vision_end|>",
@@ -207,4 +207,8 @@ MEDIA_TOKENS: tuple[str, ...] = (
     "<img>",
     "</img>",
     "<IMG_CONTEXT>",
+    # LFM2-VL (LiquidAI/LFM2-VL tokenizer): a tiled image is `<|img_row_R_col_C|>` + tokens per tile, then
+    # `<|img_thumbnail|>` + the thumbnail's tokens (Lfm2VlProcessor; at most max_tiles=10 tiles, so R, C ≤ 10).
+    "<|img_thumbnail|>",
+    *(f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11)),
 )

@@ -180,7 +180,9 @@ def process_and_mask(
             raise ValueError(f"{type(processor).__name__} renders chats with a Jinja template; newt gives audio only "
                              "to processors that render chats themselves (Voxtral's mistral-common tokenizer)")
         texts = masker.render(conversations)
-        kwargs = {"text": texts, "add_special_tokens": False, **processor_kwargs}  # the template writes BOS
+        # The template writes BOS. Lists, not tensors: rows differ in length, and some processors default to
+        # tensors (PixtralProcessor: return_tensors="pt").
+        kwargs = {"text": texts, "add_special_tokens": False, "return_tensors": None, **processor_kwargs}
         if any(row_bytes):
             kwargs["images"] = [[Image.open(io.BytesIO(b)).convert("RGB") for b in row] for row in row_bytes]
         out = dict(processor(**kwargs))

@@ -7,10 +7,15 @@ takes:
 
 - the audio side (`input_features`): the processor's own chat path on the batch's audio (`audio_inputs`);
 - the media side (pixel values in the family's layout, `image_grid_thw`, `image_sizes`, `aspect_ratio_ids` /
-  `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's image processor on the batch's images, one
+  `aspect_ratio_mask`, `pixel_attention_mask`, ...): the processor's own image path on the batch's images, one
   list per row (rows without images included: per-row layouts such as Mllama's and Idefics3's keep the batch
   dimension, flat layouts such as LLaVA's and Gemma 3's concatenate), with the settings saved with the processor
-  and the processor's own image defaults (`images_kwargs`), keeping what the processor lists in `model_input_names`;
+  and the processor's own image defaults (`images_kwargs`), keeping what the processor lists in `model_input_names`.
+  The processor, not its image processor alone, because processors pass image settings of their own: Pixtral's
+  (Mistral 3's) resizes to multiples of patch × spatial_merge_size, where the image processor alone would use the
+  patch size and give more patches than the row has `[IMG]` tokens. Processors whose own call drops what the
+  collator needs (Mllama: the tile counts of its cross-attention mask) or refuses images without text (LFM2-VL) or
+  a row without images (Gemma 3) get their image processor's outputs, with the processor's own image defaults;
 - the token side: `mm_token_type_ids` / `token_type_ids` (Gemma 3, Qwen2-VL's multimodal RoPE) from the
   processor's `create_mm_token_type_ids` on the padded ids; Mllama's `cross_attention_mask` from the Mllama
   processor module's own functions (which image each text token attends to, over the image's tiles).
@@ -37,8 +42,11 @@ class VisionCollator:
     Images are given to the processor per row, in row order, which is the order of their placeholders in the
     batch."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, dtype: torch.dtype | None = None):
         self.processor = processor
+        # The model's floating dtype: media features are cast to it (Llama 4's image processor normalizes in
+        # bfloat16, as Meta's reference does; a float32 model's vision tower cannot take those).
+        self.dtype = dtype
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.input_names = set(getattr(processor, "model_input_names", ()) or ())
@@ -56,7 +64,11 @@ class VisionCollator:
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         images = [[_image(b) for b in r.get("images") or ()] for r in rows]
         if any(images):
-            batch.update(media_inputs(self.processor, images))
+            media = media_inputs(self.processor, images, self.input_names)
+            if self.dtype is not None:
+                media = {k: v.to(self.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                         for k, v in media.items()}
+            batch.update(media)
         audio = [list(r.get("audios") or ()) for r in rows]
         if any(audio):
             batch.update(audio_inputs(self.processor, audio))
@@ -69,12 +81,22 @@ class VisionCollator:
                 and (k in TEXT_KEYS or not self.input_names or k in self.input_names)}
 
 
-def media_inputs(processor: Any, images: list[list[Any]]) -> dict:
-    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none).
+def media_inputs(processor: Any, images: list[list[Any]], input_names: set[str] = frozenset()) -> dict:
+    """The processor's image-side outputs for a batch: `images[i]` is row i's images (possibly none)."""
+    if "cross_attention_mask" not in input_names:  # Mllama's processor drops `num_tiles`, which the mask needs
+        try:
+            out = processor(images=images, return_tensors="pt")
+            return {k: v for k, v in out.items() if k not in TEXT_KEYS}
+        except ValueError:  # the processor takes images only with text (LFM2-VL), or not a row without any (Gemma 3)
+            pass
+    return image_processor_inputs(processor, images)
 
-    With the processor's own image defaults (its `images_kwargs` class attribute, which the processor gives its
-    image processor on every call), so the pixels match the placeholders `prepared` expanded: InternVL's processor
-    turns on `crop_to_patches`, which its image processor leaves off."""
+
+def image_processor_inputs(processor: Any, images: list[list[Any]]) -> dict:
+    """The image processor's outputs for a batch, with the processor's own image defaults (its `images_kwargs`
+    class attribute, which the processor gives its image processor on every call), so the pixels match the
+    placeholders `prepared` expanded: InternVL's processor turns on `crop_to_patches`, which its image processor
+    leaves off."""
     defaults = dict(getattr(processor, "images_kwargs", None) or {})
     out = processor.image_processor(images, return_tensors="pt", **defaults)
     out = {k: v for k, v in out.items() if k not in TEXT_KEYS}

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     lengths = pc.list_value_length(train.with_format("arrow")["input_ids"])
     mean_len = float(pc.sum(lengths).as_py() or 0) / max(len(train), 1)
     stream = StreamMetrics(reporter, mean_len * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
-    collator = VisionCollator(tokenizer) if recipe.processor_type else None  # None: TRL pads ids and labels
+    # None: TRL pads ids and labels. Multimodal: media cast to the model's dtype.
+    collator = VisionCollator(tokenizer, model.dtype) if recipe.processor_type else None
     if recipe.sample_packing and not varlen_kernel(recipe.attn_implementation):
         collator = BinCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         stream.count_tokens = collator.real_tokens
