@@ -87,7 +87,9 @@ def media_inputs(processor: Any, images: list[list[Any]], input_names: set[str] 
         try:
             out = processor(images=images, return_tensors="pt")
             return {k: v for k, v in out.items() if k not in TEXT_KEYS}
-        except ValueError:  # the processor takes images only with text (LFM2-VL), or not a row without any (Gemma 3)
+        except (TypeError, ValueError):
+            # The processor takes images only with text (LFM2-VL refuses, InternVL fails on the missing text), or
+            # not a row without any (Gemma 3): its image processor below, with the processor's image defaults.
             pass
     return image_processor_inputs(processor, images)
 
