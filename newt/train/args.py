@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from newt.config import Recipe
+from newt.train.hardware import cuda_available
 
 # liger_* recipe keys → the keyword of `_apply_liger_kernel_to_instance` (transformers' liger_kernel_config).
 LIGER_KEYS = {
@@ -20,12 +21,6 @@ LIGER_KEYS = {
     "liger_cross_entropy": "cross_entropy",
     "liger_fused_linear_cross_entropy": "fused_linear_cross_entropy",
 }
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def bf16_weights(recipe: Recipe, *, cuda: bool | None = None) -> bool:
@@ -201,40 +196,6 @@ def lora_kwargs(recipe: Recipe, model: Any = None, new_token_ids: list[int] | No
         "target_modules": targets, "modules_to_save": to_save or None, "fan_in_fan_out": recipe.lora_fan_in_fan_out,
         "use_dora": recipe.peft_use_dora, "use_rslora": recipe.peft_use_rslora, "task_type": "CAUSAL_LM",
     }
-
-
-# Optimizers of transformers' OptimizerNames that need a package besides torch (name prefix → import name), so
-# the trained stage names a missing one before the model loads; the bitsandbytes ones are checked below.
-OPTIMIZER_PACKAGES = {
-    "galore_": "galore_torch", "apollo_": "apollo_torch", "lomo": "lomo_optim", "adalomo": "lomo_optim",
-    "grokadamw": "grokadamw", "schedule_free_": "schedulefree", "stable_adamw": "optimi",
-    "adamw_torch_4bit": "torchao", "adamw_torch_8bit": "torchao", "adamw_anyprecision": "torchdistx",
-}
-
-
-def hardware_problems(recipe: Recipe, *, cuda: bool) -> list[str]:
-    """The Axolotl-derived settings this machine cannot run (newt.train.hardware adds them to its list)."""
-    problems = []
-    optim = recipe.optimizer
-    # bitsandbytes' optimizers (adamw_torch_8bit is torchao's and runs anywhere)
-    bnb = ("8bit" in optim and "torch" not in optim) or "bnb" in optim
-    if bnb or optim.startswith(("paged_", "lion_", "ademamix")):
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(f"optimizer: {optim} needs bitsandbytes, which is not installed; pip install "
-                            "bitsandbytes, or use adamw_torch")
-        elif not cuda:
-            problems.append(f"optimizer: {optim} is a bitsandbytes optimizer and runs on CUDA GPUs only; use "
-                            "adamw_torch on this machine")
-    package = next((m for prefix, m in OPTIMIZER_PACKAGES.items() if optim.startswith(prefix)), None)
-    if package is not None and importlib.util.find_spec(package) is None:
-        problems.append(f"optimizer: {optim} needs the {package} package, which is not installed; install it, or "
-                        "use adamw_torch")
-    if "/" in recipe.attn_implementation and (not cuda or importlib.util.find_spec("kernels") is None):
-        problems.append(f"attn_implementation: {recipe.attn_implementation} is a hub kernel and needs a CUDA GPU and "
-                        "the kernels package (pip install 'newt[gpu]'); use sdpa on this machine")
-    if recipe.load_in_8bit and (not cuda or importlib.util.find_spec("bitsandbytes") is None):
-        problems.append("load_in_8bit: true needs a CUDA GPU and bitsandbytes; set it to false (plain LoRA) here")
-    return problems
 
 
 def finish_model(recipe: Recipe, tokenizer: Any, model: Any, log: Any) -> tuple[Any, list[int]]:

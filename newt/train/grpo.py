@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from newt import tracking
+from newt import tracking, tracking_callback
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
 from newt.rewards import resolve
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
                           processing_class=tokenizer, peft_config=peft_config(recipe, model, new_ids),
                           callbacks=[stream, *train_args.callbacks(recipe)])
-    track.attach(trainer)
+    tracking_callback.attach(track, trainer)
     checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import set_seed
 
-from newt import tracking
+from newt import tracking, tracking_callback
 from newt.config import Recipe
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     stream = StreamMetrics(reporter, row_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     trainer = Trainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split, processing_class=tokenizer,
                       peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
-    track.attach(trainer)
+    tracking_callback.attach(track, trainer)
     checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import set_seed
 
-from newt import tracking
+from newt import tracking, tracking_callback
 from newt.config import Recipe
 from newt.models import load_tokenizer
 from newt.prepare import load_prepared
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     stream = StreamMetrics(reporter, pair_tokens * recipe.micro_batch_size * recipe.gradient_accumulation_steps * world)
     trainer = RewardTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                             peft_config=reward_peft_config(recipe), callbacks=[stream])
-    track.attach(trainer)
+    tracking_callback.attach(track, trainer)
     checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")

@@ -23,7 +23,7 @@ import torch
 from transformers import set_seed
 
 from newt import IGNORE_INDEX
-from newt import tracking
+from newt import tracking, tracking_callback
 from newt.models import load_processor, load_tokenizer
 from newt.train.packed import BinCollator, varlen_kernel
 from newt.prepare import load_prepared
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_split,
                          processing_class=tokenizer, data_collator=collator,
                          peft_config=peft_config(recipe, model, new_ids), callbacks=[stream, *train_args.callbacks(recipe)])
-    track.attach(trainer)
+    tracking_callback.attach(track, trainer)
     checkpoint, resumed_from = resume_point(recipe, output)
     if checkpoint:
         reporter.log(f"resuming from {checkpoint} (step {resumed_from})")
