@@ -3,15 +3,13 @@ trains, merges, quantizes and evaluates through the assets.
 
 Per family: the exact labels of a two-turn row with an image (Voxtral: an audio clip) for each `train_on_eos` and
 for `train_on_inputs` (the processor expands the media, the same scanner labels the ids, every media id is -100),
-then one recipe through
-dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer step that changes
-parameters, a merged folder that reloads with the family's auto class, a quantized model whose vision tower stayed
-in full precision, and an answer generated for each held-out row by every evaluated variant.
+then one recipe through dataset → prepared → trained → merged → quantized → evaluation in Dagster: one optimizer
+step that changes parameters, a merged folder that reloads with the family's auto class, a quantized model whose
+vision tower stayed in full precision, and an answer generated for each held-out row by every evaluated variant.
 
 These are the sixteen families of issue 15 (docs/masking.md, "Vision-language families"). Llama 4 masks and
-prepares, but its forward
-raises in transformers 5.24.0 (an upstream bug, `Family.forward_bug`): its pipeline and collator tests assert that
-exact error and xfail, so they fail (and tell) once the upstream fix lands.
+prepares, but its forward raises in transformers 5.24.0 (an upstream bug, `Family.forward_bug`): its pipeline and
+collator tests assert that exact error and xfail, so they fail (and tell) once the upstream fix lands.
 """
 
 from __future__ import annotations
