@@ -166,7 +166,7 @@ def closure(entry_points: list[str], mods: dict[str, ModuleSource] | None = None
     return sorted(seen)
 
 
-def _installed() -> str:
+def installed() -> str:
     """A digest of what is installed where Python looks: every distribution's metadata folder on `sys.path`, by
     name (which carries the version) and modification time (a reinstall writes it anew)."""
     h = hashlib.sha256()
@@ -187,7 +187,7 @@ def _distributions() -> dict[str, tuple[str, ...]]:
     is kept in newt's cache folder for as long as the installed distributions stay the same."""
     from newt.home import cache_dir
 
-    path = cache_dir() / "code_version" / f"distributions-{_installed()}.json"
+    path = cache_dir() / "code_version" / f"distributions-{installed()}.json"
     try:
         return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
     except (OSError, ValueError):

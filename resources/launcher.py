@@ -43,13 +43,13 @@ class LocalLauncher(TrainingLauncher):
 
             return RayLauncher().launch(context, recipe, cmd, env)
         from newt.train import lifetime
-        from newt.train.launch import direct
+        from newt.train.launch import start
 
         with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
                                    message_reader=dg.PipesTempFileMessageReader()) as session:
-            # One local process: the child itself, with the environment accelerate's launcher would give it.
-            cmd, env = direct(cmd, {**env, **session.get_bootstrap_env_vars()})
-            proc = lifetime.start(cmd, env)
+            # One local process: the child itself, with the environment accelerate's launcher would give it (on
+            # the CPU a fork of the warm training process, newt/train/warm.py).
+            proc, cmd = start(cmd, {**env, **session.get_bootstrap_env_vars()})
             try:
                 proc.wait()
             finally:  # a no-op after a normal exit; on an interrupt it stops accelerate and every rank

@@ -13,6 +13,9 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One newt cache per test session (built-in model, digests), never the user's ~/.cache/newt.
 os.environ["NEWT_CACHE_DIR"] = tempfile.mkdtemp(prefix="newt-test-cache-")
+# Training children start as fresh processes: a warm server (newt/train/warm.py) per test environment would hold
+# ≈1 GB for minutes each. tests/test_warm.py switches it on where it is the subject.
+os.environ["NEWT_WARM"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]

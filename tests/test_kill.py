@@ -24,6 +24,7 @@ from newt.cache import Store
 from newt.config import load_recipe
 from newt.pipeline import plan, run_stage
 from newt.synthetic import write_reversal_jsonl
+from newt.train.lifetime import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -208,3 +209,43 @@ def test_ctrl_c_and_sigterm_stop_the_run_in_one_line(lab, tmp_path: Path, sig: s
     assert "a rerun resumes training from its last checkpoint" in last
     (run_id,) = set(run_statuses(lab)) - before
     assert run_statuses(lab, [run_id])[run_id] in ("FAILURE", "CANCELED")  # finished: its slot is free
+
+
+def warm_children() -> list[int]:
+    """Live forks of warm training servers (newt/train/warm.py): their command line is their server's."""
+    servers, stat = set(), {}
+    for pid in processes_with("newt.train.warm"):
+        try:
+            stat[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    servers = {pid for pid, parent in stat.items() if parent not in stat}
+    return [pid for pid, parent in stat.items() if parent in servers]
+
+
+def test_kill_9_of_newt_run_ends_a_child_forked_from_the_warm_server(lab, tmp_path: Path) -> None:
+    from newt.train import warm
+
+    recipe_file = recipe(lab, "kill_warm", 0.006)
+    work = work_folder(lab, recipe_file)
+    before = set(warm.servers())
+    warm_lab = {**lab, "env": {**lab["env"], "NEWT_WARM": "1"}}
+    try:
+        proc = start(warm_lab, recipe_file, tmp_path / "run.log")
+        wait_for_checkpoint(proc, work, tmp_path / "run.log")
+        children = warm_children()
+        assert len(children) == 1, (children, (tmp_path / "run.log").read_text()[-2000:])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        started = time.monotonic()
+        while any(alive(pid) for pid in children):
+            assert time.monotonic() - started < 10, "the warm child outlived the killed run"
+            time.sleep(0.02)
+        print(f"\nkill -9 newt run (warm child): no child left after {time.monotonic() - started:.2f} s")
+        text, took = rerun(warm_lab, recipe_file, tmp_path / "rerun.log")
+        print(f"rerun in the warm server: start to done {took:.1f} s")
+        assert "starting a warm training process" not in text  # the first run's server trained it
+        meta = trained_metadata(lab, "kill_warm")
+        assert meta["global_step"] == 16 and meta["resumed_from_step"] > 0, meta
+    finally:
+        warm.stop_servers(set(warm.servers()) - before)

@@ -128,10 +128,10 @@ def subprocess_launcher(cmd: list[str], env: dict[str, str]) -> None:
     """Run the child with its output streamed to ours; a failure names the command and the exit code. The child
     dies with this process, and an interrupt here stops it (newt/train/lifetime.py)."""
     from newt.train import lifetime
-    from newt.train.launch import direct
+    from newt.train.launch import start
 
-    cmd, env = direct(cmd, env)  # one process: the child itself, with accelerate's environment
-    proc = lifetime.start(cmd, env)
+    # One process: the child itself with accelerate's environment, forked from the warm process on the CPU.
+    proc, cmd = start(cmd, env)
     try:
         proc.wait()
     finally:

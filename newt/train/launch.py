@@ -60,6 +60,18 @@ def direct(cmd: list[str], env: Mapping[str, str]) -> tuple[list[str], dict[str,
     return [cmd[0], *child[1:]], {**env, **added}
 
 
+def start(cmd: list[str], env: Mapping[str, str]):
+    """Start `cmd` on this machine: (process handle for `lifetime.stop`, the command that runs). One process on
+    the CPU runs as a fork of the warm training process (newt/train/warm.py); anything else, or when that cannot
+    start, as a process of its own in its own group."""
+    from newt.train.lifetime import start as start_fresh
+    from newt.train.warm import start as start_warm
+
+    cmd, env = direct(cmd, env)
+    child = start_warm(cmd, env)
+    return (child if child is not None else start_fresh(cmd, env)), cmd
+
+
 def _int(value: str | None, default: int) -> int:
     try:
         return int(value) if value else default

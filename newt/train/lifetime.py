@@ -84,14 +84,14 @@ def parse_identity(text: str) -> tuple[int, str]:
     return int(pid), started
 
 
-def _set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _child_setup() -> None:  # runs in the forked child before exec
-    _set_pdeathsig()
+    set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # `&` in a script starts us with SIGINT ignored; undo for
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the child so that stop() can end it
 
@@ -140,7 +140,7 @@ def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 def die_with_parent() -> None:
     """Called first by every training child: end this process when its launcher or the run's process is gone."""
-    _set_pdeathsig()
+    set_parent_death_signal()
     # Quiet ends: the run that stops us reports why; a traceback per rank would only bury that message.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
