@@ -1,10 +1,11 @@
 """The "change one knob, rerun" loop, timed as a user lives it (issue 20), in one run of this script.
 
-Per model (`builtin:tiny-llama`, and with `--small` also a random ~30 M-parameter Llama):
+Per model (`builtin:tiny-llama`, and with `--small` also `builtin:small-llama`, a random ~30 M-parameter Llama):
 
 (a) stage overhead: the `trained` stage's wall time (as `newt run` reports it) minus the trainer's own
     `train_runtime`, after changing `learning_rate`; against the same overhead of the anchor, a plain
-    `accelerate launch` of a plain TRL script (bench/train_speed.py --plain) on the same prepared rows;
+    `accelerate launch` of a plain TRL script (bench/train_speed.py --plain) on the same prepared rows; and
+    the overhead of one more change with the warm training process switched off (NEWT_WARM=0: a fresh Python);
 (b) first step: seconds from starting that `newt run` to its first logged training step;
 (c) no-op: wall time of `newt run` when every stage is a cache hit;
 (d) preview: wall time of `newt preview` (prepared is committed);
@@ -71,10 +72,11 @@ def env(tmp: Path) -> dict[str, str]:
     return e
 
 
-def newt(tmp: Path, *args: str) -> tuple[float, float | None, str]:
+def newt(tmp: Path, *args: str, extra: dict[str, str] | None = None) -> tuple[float, float | None, str]:
     """Run the CLI; (wall s, s to the first `trained: step` line or None, stderr)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "newt.cli", *args], env=env(tmp), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "newt.cli", *args], env={**env(tmp), **(extra or {})},
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd=tmp)
     first, lines = None, []
     for line in proc.stderr:
@@ -240,6 +242,12 @@ def bench_model(model: str, tmp: Path, repeats: int, steps: int) -> dict:
     wall, first, err = newt(tmp, "run", str(recipe_file))
     trained = stage_seconds(err, "trained")
     runtime = trained_metrics(tmp, recipe_file)["train_runtime_s"]
+    # The same knob change with every launch a fresh process (NEWT_WARM=0, newt/train/warm.py), for comparison;
+    # then back to the recipe the rest of the bench uses.
+    recipe_file.write_text(RECIPE.format(model=model, data=data, steps=steps, lr=0.0004))
+    fresh_err = newt(tmp, "run", str(recipe_file), "--stages", "trained", extra={"NEWT_WARM": "0"})[2]
+    fresh = stage_seconds(fresh_err, "trained") - trained_metrics(tmp, recipe_file)["train_runtime_s"]
+    recipe_file.write_text(RECIPE.format(model=model, data=data, steps=steps, lr=0.0003))
     prepared = prepared_folder(tmp, recipe_file)
     plain_wall, plain_runtime = plain_overhead(tmp, model, prepared, steps, 0.0003, tmp / "plain")
     noops, floors = [], []
@@ -251,11 +259,12 @@ def bench_model(model: str, tmp: Path, repeats: int, steps: int) -> dict:
     evals = eval_times(tmp, recipe_file, repeats)
     r = {"model": model, "trained_s": trained, "train_runtime_s": runtime, "overhead_s": trained - runtime,
          "plain_wall_s": plain_wall, "plain_runtime_s": plain_runtime, "plain_overhead_s": plain_wall - plain_runtime,
-         "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "noop_floor_s": floor, "preview_s": preview,
+         "fresh_overhead_s": fresh, "first_step_s": first, "rerun_wall_s": wall, "noop_s": noop, "noop_floor_s": floor, "preview_s": preview,
          "eval": evals}
     print(f"model {model}: trained stage {trained:.1f} s = train_runtime {runtime:.1f} s + overhead "
           f"{r['overhead_s']:.1f} s; plain accelerate+TRL {plain_wall:.1f} s = {plain_runtime:.1f} s + overhead "
           f"{r['plain_overhead_s']:.1f} s")
+    print(f"  the same knob change with a fresh training process (NEWT_WARM=0): overhead {fresh:.1f} s")
     print(f"  rerun after a learning_rate change: {wall:.1f} s wall, first logged step at {first:.1f} s")
     print(f"  no-op newt run {noop:.2f} s (Python + import dagster + the instance alone: {floor:.2f} s), "
           f"newt preview {preview:.2f} s (medians of {repeats})")
@@ -270,7 +279,7 @@ def bench_model(model: str, tmp: Path, repeats: int, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="also time a random ~30M-parameter Llama")
+    p.add_argument("--small", action="store_true", help="also time builtin:small-llama (~30M parameters)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -280,10 +289,7 @@ def main() -> None:
     print(f"newt tree {ROOT}; device {'cuda' if cuda() else 'cpu'}; load average {os.getloadavg()[0]:.1f}")
     try:
         if a.small:
-            from gpu_smoke import random_llama
-
-            folder = random_llama(tmp / "small-model", hidden=512, layers=8, intermediate=1536)
-            bench_model(str(folder), tmp / "small", a.repeats, a.steps)
+            bench_model("builtin:small-llama", tmp / "small", a.repeats, a.steps)
         t = bench_model("builtin:tiny-llama", tmp / "tiny", a.repeats, a.steps)
         # The issue's goal: generation rows/s batched vs unbatched (identical answers), median over the variants.
         e = statistics.median(v["rows_s"] / v["alone_rows_s"] for v in t["eval"].values())

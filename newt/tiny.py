@@ -63,6 +63,10 @@ BUILTINS = {
     # on CPU in seconds (the multimodal path's end-to-end test).
     "tiny-llava": TinySpec(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, image_size=28),
+    # ~30 M parameters (8 × (0.79 M attention + 2.95 M MLP)): where per-step compute, not per-call overhead,
+    # decides a step's time on CPU (bench/iteration.py --small). Untrained, like the others until a recipe trains it.
+    "small-llama": TinySpec(hidden_size=512, intermediate_size=1920, num_hidden_layers=8, num_attention_heads=8,
+                            num_key_value_heads=4),
 }
 
 
