@@ -62,3 +62,14 @@ def tiny_recipe_file(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_warm_server_outlives_the_suite():
+    """Stop any warm training server a test started (one whose environment lacked NEWT_WARM=0), so that none
+    holds its ≈1 GB after the suite; tests/test_warm.py stops its own."""
+    from newt.train import warm
+
+    before = set(warm.servers())
+    yield
+    warm.stop_servers(set(warm.servers()) - before)
