@@ -68,11 +68,14 @@ def enabled(cmd: Sequence[str], env: Mapping[str, str]) -> bool:
 
 
 def server_environ(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of a launch's environment that picks its server, and that the server starts with: all of it but
-    `PER_LAUNCH` and the variables a library set inside this process after it started (sklearn's
-    `KMP_DUPLICATE_LIB_OK`, inductor's `TORCHINDUCTOR_CACHE_DIR`: newt itself sets none in the launching
-    process), which depend on what an earlier stage happened to import, not on the user's environment. The child
-    still gets the launch's whole environment, as a fresh process would."""
+    """The part of a launch's environment that picks its server: all of it but `PER_LAUNCH` and the variables
+    changed inside this process after it started. newt changes none in a launching process (the CLI, a Dagster
+    step); libraries do (sklearn's `KMP_DUPLICATE_LIB_OK`, inductor's `TORCHINDUCTOR_CACHE_DIR`), depending on
+    what an earlier stage happened to import, so that a rerun whose earlier stages were hits still finds the first
+    run's server. The child gets the launch's whole environment either way, as a fresh process would. The price:
+    Python code that sets a variable which libraries read at import (HF_HUB_OFFLINE, ...) in its own process and
+    then launches through newt's API shares a server with launches that did not set it — set such variables before
+    the process starts, or NEWT_WARM=0."""
     initial = _initial_environ()
     by_libraries = {k for k, v in os.environ.items() if initial.get(k) != v}
     return {k: v for k, v in env.items()
@@ -158,9 +161,10 @@ def start(cmd: Sequence[str], env: Mapping[str, str]) -> Child | None:
     if not enabled(cmd, env):
         return None
     module, cwd = cmd[2], os.getcwd()
-    base = server_environ(env)
-    key = server_key(module, base, cwd)
-    conn = _connect(key) or _start_server(key, module, base, cwd)
+    key = server_key(module, server_environ(env), cwd)
+    # The server imports under the launch's own environment (less the per-launch variables), so the launch that
+    # starts it is served exactly; later ones may differ from it only in what `server_environ` leaves out.
+    conn = _connect(key) or _start_server(key, module, {k: v for k, v in env.items() if k not in PER_LAUNCH}, cwd)
     if conn is None:
         return None
     streams = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
