@@ -26,9 +26,11 @@ from newt.train.lifetime import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = """
-import json, sys
+import json, os, sys
 from newt.train import warm
-child = warm.start(json.loads(sys.argv[1]), json.loads(sys.argv[2]))
+runtime = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+os.environ.update(runtime)  # as a library imported by an earlier stage does (sklearn's KMP_DUPLICATE_LIB_OK)
+child = warm.start(json.loads(sys.argv[1]), {**json.loads(sys.argv[2]), **runtime})
 if child is None:
     print("launcher: not warm", file=sys.stderr)
     sys.exit(99)
@@ -52,10 +54,14 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest):
     assert not set(warm.servers()) & new, "a warm server did not stop when asked"
 
 
-def launch(lab: dict, *args: str, env: dict | None = None, stdin: str = "", wait: bool = True):
+def launch(lab: dict, *args: str, env: dict | None = None, stdin: str = "", wait: bool = True,
+           runtime: dict | None = None):
+    """Launch the probe from a launcher process started with `env`, which sets `runtime` in its own environment
+    first; (exit status, stdout, stderr), or the launcher's Popen when not `wait`."""
     cmd = [sys.executable, "-m", "warm_probe", *args]
     env = env or lab["env"]
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(cmd), json.dumps(env)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(cmd), json.dumps(env),
+                             json.dumps(runtime or {})], env=env,
                             cwd=lab["tmp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     if not wait:
@@ -94,6 +100,16 @@ def test_another_environment_gets_another_server(lab) -> None:
     rc, _, err = launch(lab, "report", str(two), env={**lab["env"], "HF_HUB_OFFLINE": "1"})
     assert rc == 0 and "starting a warm training process" in err, err
     assert json.loads(one.read_text())["ppid"] != json.loads(two.read_text())["ppid"]
+
+
+def test_variables_set_inside_the_launching_process_do_not_pick_the_server_but_reach_the_child(lab) -> None:
+    one, two = lab["tmp"] / "one.json", lab["tmp"] / "two.json"
+    assert launch(lab, "report", str(one))[0] == 0
+    rc, _, err = launch(lab, "report", str(two), runtime={"WARM_TEST_SET_AT_RUNTIME": "yes"})
+    assert rc == 0 and "starting a warm" not in err, err
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["ppid"] == b["ppid"]
+    assert "WARM_TEST_SET_AT_RUNTIME" not in a["env"] and b["env"]["WARM_TEST_SET_AT_RUNTIME"] == "yes"
 
 
 def test_exit_codes_signals_and_exceptions_come_back_as_a_fresh_process_gives_them(lab) -> None:
