@@ -188,34 +188,51 @@ def test_an_idle_server_exits(lab) -> None:
     assert not set(warm.servers()) - before, "the idle server is still there"
 
 
+def train_through_the_cli(recipe: Path, tmp_path: Path, lab: dict, side: str, switch: str) -> tuple[str, list, dict]:
+    """`newt run` up to `trained` in the store of `side`; (stderr, the losses, the adapter's tensors)."""
+    from safetensors.numpy import load_file
+
+    from newt.config import load_recipe
+    from newt.pipeline import plan
+
+    env = {**lab["env"], "NEWT_WARM": switch, "NEWT_STORE": str(tmp_path / side / "store"),
+           "DAGSTER_HOME": str(tmp_path / side / "home"), "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU")  # accelerate's launch decides it, as in any run
+    (tmp_path / side / "home").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "newt.cli", "run", str(recipe), "--stages", "dataset,prepared,trained"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    key = plan(load_recipe(recipe), ("trained",))["trained"].key
+    folder = tmp_path / side / "store" / "trained" / key
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return proc.stderr, metrics["loss_history"], load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_training(a: tuple[str, list, dict], b: tuple[str, list, dict]) -> None:
+    assert [row["loss"] for row in a[1]] == [row["loss"] for row in b[1]] and a[1]
+    assert a[2].keys() == b[2].keys()
+    assert all((a[2][k] == b[2][k]).all() for k in a[2])
+
+
 def test_a_recipe_trains_in_a_fork_exactly_as_in_a_fresh_process(tiny_recipe_file, tmp_path: Path, lab) -> None:
     """A learning-rate change then trains in the first run's server; each warm run's losses and adapter weights
     equal a fresh process's on the same recipe (one thread: CPU training is deterministic)."""
-    from safetensors.numpy import load_file
-
     recipes = {lr: tiny_recipe_file(f"lr{lr}", f"learning_rate: {lr}") for lr in (0.002, 0.003)}
-
-    def run(side: str, switch: str, lr: float) -> tuple[str, list, dict]:
-        env = {**lab["env"], "NEWT_WARM": switch, "NEWT_STORE": str(tmp_path / side / "store"),
-               "DAGSTER_HOME": str(tmp_path / side / "home"), "OMP_NUM_THREADS": "1"}
-        env.pop("ACCELERATE_USE_CPU")  # accelerate's launch decides it, as in any run
-        (tmp_path / side / "home").mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "newt.cli", "run", str(recipes[lr]), "--stages", "dataset,prepared,trained"],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        from newt.config import load_recipe
-        from newt.pipeline import plan
-
-        key = plan(load_recipe(recipes[lr]), ("trained",))["trained"].key
-        folder = tmp_path / side / "store" / "trained" / key
-        metrics = json.loads((folder / "metrics.json").read_text())
-        return proc.stderr, metrics["loss_history"], load_file(folder / "adapter" / "adapter_model.safetensors")
-
     for lr, starts in ((0.002, True), (0.003, False)):
-        cold_err, cold_losses, cold_weights = run("cold", "0", lr)
-        warm_err, losses, weights = run("warm", "1", lr)
-        assert "starting a warm training process" not in cold_err
-        assert ("newt: starting a warm training process for newt.train.sft" in warm_err) is starts, warm_err
-        assert [row["loss"] for row in losses] == [row["loss"] for row in cold_losses] and losses
-        assert weights.keys() == cold_weights.keys()
-        assert all((weights[k] == cold_weights[k]).all() for k in weights)
+        cold = train_through_the_cli(recipes[lr], tmp_path, lab, "cold", "0")
+        warm_run = train_through_the_cli(recipes[lr], tmp_path, lab, "warm", "1")
+        assert "starting a warm training process" not in cold[0]
+        assert ("newt: starting a warm training process for newt.train.sft" in warm_run[0]) is starts, warm_run[0]
+        assert_same_training(warm_run, cold)
+
+
+def test_dpo_trains_in_a_fork_exactly_as_in_a_fresh_process(tiny_recipe_file, tmp_path: Path, lab) -> None:
+    from test_train_rl import write_pairs
+
+    recipe = tiny_recipe_file("dpo", "rl: dpo\nmax_steps: 2\n")
+    recipe.write_text(recipe.read_text().replace(str(tmp_path / "data" / "reversal.jsonl"),
+                                                 str(write_pairs(tmp_path / "pairs.jsonl"))))
+    cold = train_through_the_cli(recipe, tmp_path, lab, "cold", "0")
+    warm_run = train_through_the_cli(recipe, tmp_path, lab, "warm", "1")
+    assert "newt: starting a warm training process for newt.train.dpo" in warm_run[0]
+    assert_same_training(warm_run, cold)
