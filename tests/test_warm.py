@@ -236,3 +236,24 @@ def test_dpo_trains_in_a_fork_exactly_as_in_a_fresh_process(tiny_recipe_file, tm
     warm_run = train_through_the_cli(recipe, tmp_path, lab, "warm", "1")
     assert "newt: starting a warm training process for newt.train.dpo" in warm_run[0]
     assert_same_training(warm_run, cold)
+
+
+def test_an_unwritable_cache_folder_leaves_the_launch_to_a_fresh_process(lab) -> None:
+    (lab["tmp"] / "not-a-folder").write_text("")
+    env = {**lab["env"], "NEWT_CACHE_DIR": str(lab["tmp"] / "not-a-folder")}
+    rc, _, err = launch(lab, "report", str(lab["tmp"] / "r.json"), env=env)
+    assert rc == 99 and "newt: could not start a warm training process (" in err, err
+    assert "this launch starts a fresh process" in err
+
+
+def test_accelerates_own_launcher_is_never_forked(monkeypatch) -> None:
+    """Several processes (or a config file): `accelerate launch` stays a fresh process, it starts the ranks."""
+    from newt.train import launch as launch_module
+    from newt.train import lifetime
+
+    monkeypatch.setattr(warm, "start", lambda cmd, env: pytest.fail("accelerate's launcher went to the warm server"))
+    monkeypatch.setattr(lifetime, "start", lambda cmd, env: ("fresh", cmd))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+           "newt.train.sft"]
+    handle, ran = launch_module.start(cmd, {**os.environ, "NEWT_WARM": "1", "ACCELERATE_USE_CPU": "true"})
+    assert handle == ("fresh", cmd) and ran == cmd

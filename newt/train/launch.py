@@ -68,7 +68,9 @@ def start(cmd: list[str], env: Mapping[str, str]):
     from newt.train.warm import start as start_warm
 
     cmd, env = direct(cmd, env)
-    child = start_warm(cmd, env)
+    # accelerate's own launcher (several processes, a config file, ...) starts the ranks itself, fresh: nothing
+    # to gain from forking it.
+    child = start_warm(cmd, env) if cmd[1:3] != ["-m", LAUNCH_MODULE] else None
     return (child if child is not None else start_fresh(cmd, env)), cmd
 
 

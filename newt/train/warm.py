@@ -50,7 +50,7 @@ from newt.train.lifetime import WATCH_ENV, set_parent_death_signal
 
 SWITCH = "NEWT_WARM"  # 0 / false / no / off: every launch starts a fresh Python
 IDLE_ENV = "NEWT_WARM_IDLE_S"
-DEFAULT_IDLE_S = 300.0
+DEFAULT_IDLE_S = 300
 READY_S = 600.0  # how long a launcher waits for a server it started to finish its imports
 # Variables that differ on every launch and that no import reads: the fork sets them, they do not pick the server.
 PER_LAUNCH = frozenset({WATCH_ENV, dagster_pipes.DAGSTER_PIPES_CONTEXT_ENV_VAR,
@@ -210,14 +210,19 @@ def log_path(key: str) -> Path:
 
 def _start_server(key: str, module: str, env: dict[str, str], cwd: str) -> socket.socket | None:
     log = log_path(key)
-    log.parent.mkdir(parents=True, exist_ok=True)
     idle = env.get(IDLE_ENV, str(DEFAULT_IDLE_S))
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            server = subprocess.Popen([sys.executable, "-m", __name__, key, module], env=env, cwd=cwd,
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+    except OSError as e:  # an unwritable cache folder, say: the launch itself must not fail for it
+        print(f"newt: could not start a warm training process ({e}); this launch starts a fresh process",
+              file=sys.stderr, flush=True)
+        return None
     print(f"newt: starting a warm training process for {module} (later launches fork it; it exits after {idle} s "
           f"idle; {SWITCH}=0 turns it off)", file=sys.stderr, flush=True)
-    with open(log, "ab") as out:
-        server = subprocess.Popen([sys.executable, "-m", __name__, key, module], env=env, cwd=cwd,
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         conn = _connect(key)
