@@ -317,10 +317,12 @@ def serve(key: str, module: str) -> tuple[dict, list[int]] | None:
                     pass
             else:  # a launcher sends nothing after its request: readable means it went away
                 sel.unregister(item.fileobj)
-                try:
-                    os.killpg(item.data, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                # The group, and the child itself in case it has not made its own group (setsid) yet.
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(item.data, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
