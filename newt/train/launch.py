@@ -10,7 +10,8 @@ own parser: accelerate still decides what the child's environment is, only its p
 
 Every other launch (several processes or machines, a config file, DeepSpeed, FSDP, or a default accelerate config
 on a machine where the launch is not `--cpu`) runs the command unchanged: accelerate's other launchers do more
-than set variables. Pods and Ray workers get the unchanged command too (resources/launcher.py): their environment
+than set variables. `start` is what both local launchers call: it applies `direct`, then runs a one-process
+CPU child as a fork of the warm training process (newt/train/warm.py) and anything else as a fresh process. Pods and Ray workers get the unchanged command too (resources/launcher.py): their environment
 is theirs to decide, not this machine's.
 """
 
