@@ -213,7 +213,7 @@ def test_ctrl_c_and_sigterm_stop_the_run_in_one_line(lab, tmp_path: Path, sig: s
 
 def warm_children() -> list[int]:
     """Live forks of warm training servers (newt/train/warm.py): their command line is their server's."""
-    servers, stat = set(), {}
+    stat = {}
     for pid in processes_with("newt.train.warm"):
         try:
             stat[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -11,8 +11,8 @@ gets its pid at once and its exit status when it ends (`Child`, shaped like `sub
 
 Which server may run a launch (`server_key`): the same interpreter, working folder, module, newt sources,
 installed distributions and environment — every variable except those that name the launch itself (`PER_LAUNCH`:
-the run's processes to die with, Dagster Pipes' bootstrap variables), which the fork sets, and those a library set
-inside the launching process (`server_environ`). Libraries read their environment at import (libgomp's OMP_*,
+the run's processes to die with, Dagster Pipes' bootstrap variables), which the fork sets, and those changed
+inside the launching process after it started (`server_environ`). Libraries read their environment at import (libgomp's OMP_*,
 huggingface_hub's HF_* constants), so any other difference gets a server of its own.
 
 Where: Linux only (fork, abstract Unix sockets, prctl), and only launches on the CPU. On a GPU machine the imports
@@ -77,9 +77,9 @@ def server_environ(env: Mapping[str, str]) -> dict[str, str]:
     then launches through newt's API shares a server with launches that did not set it — set such variables before
     the process starts, or NEWT_WARM=0."""
     initial = _initial_environ()
-    by_libraries = {k for k, v in os.environ.items() if initial.get(k) != v}
+    changed_here = {k for k, v in os.environ.items() if initial.get(k) != v}
     return {k: v for k, v in env.items()
-            if k not in PER_LAUNCH and not (k in by_libraries and os.environ.get(k) == v)}
+            if k not in PER_LAUNCH and not (k in changed_here and os.environ.get(k) == v)}
 
 
 def _initial_environ() -> dict[str, str]:
@@ -93,12 +93,14 @@ def _initial_environ() -> dict[str, str]:
 
 
 def server_key(module: str, env: Mapping[str, str], cwd: str) -> str:
-    """What a server's imports depend on, as a digest: it names the server's socket."""
+    """What a server's imports depend on, as a digest: it names the server's socket. `env` is the launch's
+    `server_environ`."""
     from newt import codeversion
 
-    sources = [(name, p.stat().st_mtime_ns, p.stat().st_size) for name, p in codeversion.module_files().items()]
+    sources = [(name, st.st_mtime_ns, st.st_size)
+               for name, st in ((n, p.stat()) for n, p in codeversion.module_files().items())]
     material = {"python": sys.executable, "cwd": cwd, "module": module, "installed": codeversion.installed(),
-                "newt": sources, "env": sorted((k, v) for k, v in env.items() if k not in PER_LAUNCH)}
+                "newt": sources, "env": sorted(env.items())}
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:32]
 
 
@@ -260,8 +262,9 @@ def warm_imports(module: str) -> None:
         for name, attribute in wanted:
             try:
                 imported = importlib.import_module(name)
-                if attribute is not None:
-                    getattr(imported, attribute, None)  # lazy packages (trl, transformers) import on access
+                # Lazy packages (trl, transformers) import a name on access; a submodule needs its own import.
+                if attribute is not None and getattr(imported, attribute, None) is None:
+                    importlib.import_module(f"{name}.{attribute}")
             except Exception:  # noqa: BLE001 - any failure is the launch's own to meet
                 pass
 
@@ -292,7 +295,7 @@ def serve(key: str, module: str) -> tuple[dict, list[int]] | None:
                 conn, _ = listener.accept()
                 request, fds = _receive(conn)
                 if request is None or request.get("quit"):
-                    quitting = quitting or bool(request and request.get("quit"))
+                    quitting |= request is not None
                     for fd in fds:
                         os.close(fd)
                     conn.close()
